@@ -1,0 +1,147 @@
+"""`SoftHardConfig`: the configuration of a soft or PEZ-hard prompt adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from peft.config import PromptLearningConfig
+from peft.utils import PeftType
+
+MODES = ("soft", "hard")
+INITS = ("random", "vocab", "text", "token_ids")
+METRICS = ("cosine", "dot", "l2")
+
+
+@dataclass
+class SoftHardConfig(PromptLearningConfig):
+    """Configuration of a SOFTHARD adapter: a prompt of `num_virtual_tokens` vectors prepended to the input.
+
+    In `mode="soft"` the prompt is a free matrix (Lester et al. 2021). In `mode="hard"` a continuous copy is
+    trained and every forward feeds the embeddings of its nearest allowed tokens (PEZ, Wen et al. 2023), so
+    the model always sees a real token sequence.
+
+    Example:
+        ```py
+        >>> import peft_softhard
+        >>> from peft import get_peft_model
+        >>> config = peft_softhard.SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=10, mode="hard")
+        >>> model = get_peft_model(base_model, config)  # doctest: +SKIP
+        ```
+    """
+
+    mode: str = field(default="soft", metadata={"help": "'soft' (free prompt vectors) or 'hard' (PEZ: real tokens)."})
+    init: str = field(
+        default="vocab",
+        metadata={
+            "help": "How the prompt starts: 'vocab' (embeddings of tokens sampled from the allowed vocabulary), "
+            "'random' (Gaussian with the embedding matrix's scale), 'text' (the tokens of `init_text`, repeated "
+            "to fill the prompt) or 'token_ids' (the ids in `init_token_ids`, repeated)."
+        },
+    )
+    init_text: Optional[str] = field(default=None, metadata={"help": "Text whose tokens start the prompt (init='text')."})
+    init_token_ids: Optional[list[int]] = field(
+        default=None, metadata={"help": "Token ids that start the prompt (init='token_ids')."}
+    )
+    tokenizer_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Tokenizer used for init='text' and for the vocabulary constraints; defaults to the base "
+            "model's own name or path."
+        },
+    )
+    tokenizer_kwargs: Optional[dict] = field(
+        default=None, metadata={"help": "Keyword arguments for AutoTokenizer.from_pretrained (no remote code)."}
+    )
+    metric: str = field(
+        default="cosine",
+        metadata={"help": "Similarity used to project a vector to its nearest token: 'cosine', 'dot' or 'l2'."},
+    )
+    exclude_special_tokens: bool = field(
+        default=True, metadata={"help": "Keep special tokens (bos, eos, pad, ...) out of the projection."}
+    )
+    ascii_only: bool = field(default=False, metadata={"help": "Allow only tokens that decode to printable ASCII."})
+    word_start_only: bool = field(
+        default=False, metadata={"help": "Allow only tokens that begin a word (a leading space or '▁')."}
+    )
+    allowed_token_ids: Optional[list[int]] = field(
+        default=None, metadata={"help": "If set, only these token ids may be projected to."}
+    )
+    denied_token_ids: Optional[list[int]] = field(
+        default=None, metadata={"help": "Token ids that may never be projected to."}
+    )
+    projection_chunk_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Vocabulary rows scored at once when projecting; default keeps each chunk near 64 MiB."},
+    )
+    vocab_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Rows of the model's input embedding; filled in from the model and checked on loading."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PeftType("SOFTHARD")
+        self.mode = _choice("mode", self.mode, MODES)
+        self.init = _choice("init", self.init, INITS)
+        self.metric = _choice("metric", self.metric, METRICS)
+        _require_positive_int("num_virtual_tokens", self.num_virtual_tokens, "e.g. num_virtual_tokens=10")
+        for name in ("token_dim", "vocab_size", "projection_chunk_size"):
+            if getattr(self, name) is not None:
+                _require_positive_int(name, getattr(self, name), "or leave it unset")
+        for name in ("exclude_special_tokens", "ascii_only", "word_start_only", "inference_mode"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")
+        if self.num_transformer_submodules not in (None, 1):
+            raise ValueError(
+                "SOFTHARD prepends the prompt to the (encoder) input only, so num_transformer_submodules must be 1 "
+                f"or unset; got {self.num_transformer_submodules!r}."
+            )
+        self.num_transformer_submodules = 1
+
+        if self.init == "text":
+            if not isinstance(self.init_text, str) or not self.init_text.strip():
+                raise ValueError("init='text' needs a non-empty init_text, e.g. init_text='Classify the sentiment:'.")
+        if self.init == "token_ids":
+            if not self.init_token_ids:
+                raise ValueError("init='token_ids' needs init_token_ids, a non-empty list of token ids.")
+            if len(self.init_token_ids) > self.num_virtual_tokens:
+                raise ValueError(
+                    f"init_token_ids has {len(self.init_token_ids)} ids but the prompt has only "
+                    f"num_virtual_tokens={self.num_virtual_tokens}; shorten the list or lengthen the prompt."
+                )
+        for name in ("init_token_ids", "allowed_token_ids", "denied_token_ids"):
+            ids = getattr(self, name)
+            if ids is None:
+                continue
+            if not isinstance(ids, (list, tuple)) or not all(_is_int(i) and i >= 0 for i in ids):
+                raise ValueError(f"{name} must be a list of non-negative integer token ids, got {ids!r}.")
+            setattr(self, name, [int(i) for i in ids])
+        if self.allowed_token_ids is not None and not self.allowed_token_ids:
+            raise ValueError("allowed_token_ids is empty: no token could ever be chosen. Leave it unset to allow all.")
+        if self.tokenizer_kwargs is not None:
+            if not isinstance(self.tokenizer_kwargs, dict):
+                raise ValueError(f"tokenizer_kwargs must be a dict, got {self.tokenizer_kwargs!r}.")
+            # A shared adapter config must never be able to run code on the loading machine.
+            self.tokenizer_kwargs = {k: v for k, v in self.tokenizer_kwargs.items() if k != "trust_remote_code"}
+
+    @property
+    def is_hard(self) -> bool:
+        return self.mode == "hard"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require_positive_int(name: str, value: object, hint: str) -> None:
+    if value is None:
+        raise ValueError(f"{name} is required: set it to a positive integer ({hint}).")
+    if not _is_int(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer ({hint}), got {value!r}.")
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value.lower() not in allowed:
+        raise ValueError(f"Unknown {name} {value!r}: choose one of {', '.join(allowed)}.")
+    return value.lower()

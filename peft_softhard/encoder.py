@@ -1,0 +1,252 @@
+"""`SoftHardPromptEncoder`: the module that produces the prompt vectors the model sees.
+
+Soft mode: the prompt is the trainable matrix `embedding.weight` (Lester et al.).
+Hard mode (PEZ, Wen et al. Algorithm 1): `embedding.weight` is the continuous copy P. Every forward
+projects P to its nearest allowed tokens and feeds exactly what the model's input-embedding module returns
+for them; the gradient at that projected point flows straight through to P.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional
+
+import torch
+from peft.tuners.tuners_utils import BasePromptEncoder
+from torch import nn
+
+from .config import SoftHardConfig
+from .projection import module_device, nearest_tokens, vocabulary_size
+from .vocabulary import allowed_token_mask
+
+logger = logging.getLogger(__name__)
+
+# Keys of adapter_model.safetensors besides peft's own "prompt_embeddings" (what the model sees).
+CONTINUOUS_KEY = "continuous_prompt"
+TOKEN_IDS_KEY = "token_ids"
+ALLOWED_KEY = "allowed_token_mask"
+
+
+class SoftHardPromptEncoder(BasePromptEncoder):
+    """Prompt encoder of a SOFTHARD adapter.
+
+    Args:
+        config: the adapter's `SoftHardConfig` (`token_dim` filled in).
+        word_embeddings: the base model's input-embedding module, `model.get_input_embeddings()`. It is
+            referenced, not registered as a submodule, so it adds no parameters and no state-dict keys.
+        model_special_ids: special token ids named by the model config, excluded when the config says so.
+        tokenizer_source: where to load a tokenizer from when the config names none (the base model's path).
+
+    Example:
+        ```py
+        >>> encoder = model.prompt_encoder["default"]  # doctest: +SKIP
+        >>> encoder.prompt_embeddings().shape          # doctest: +SKIP
+        torch.Size([10, 576])
+        >>> encoder.current_token_ids()                # hard mode: the tokens in use  # doctest: +SKIP
+        ```
+    """
+
+    def __init__(
+        self,
+        config: SoftHardConfig,
+        word_embeddings: nn.Module,
+        *,
+        model_special_ids: tuple[int, ...] = (),
+        tokenizer_source: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.__dict__["word_embeddings"] = word_embeddings  # a reference, not a submodule
+        self.vocab_size = vocabulary_size(word_embeddings)
+        self.model_special_ids = tuple(model_special_ids)
+        self.tokenizer_source = tokenizer_source
+        self._tokenizer: Optional[object] = None
+        self._allowed_mask: Optional[torch.Tensor] = None
+        self._projection_key: Optional[tuple[int, int]] = None
+
+        self.embedding = nn.Embedding(config.num_virtual_tokens, config.token_dim)
+        self.register_buffer("token_ids", torch.zeros(config.num_virtual_tokens, dtype=torch.long), persistent=False)
+        if not config.inference_mode:  # a loaded adapter gets its weights from the file instead
+            with torch.no_grad():
+                self.embedding.weight.copy_(self._initial_prompt())
+
+    # ----------------------------------------------------------------------------------------------- the prompt
+    def prompt_embeddings(self) -> torch.Tensor:
+        """The [num_virtual_tokens, token_dim] vectors the model sees now (differentiable w.r.t. the prompt)."""
+        prompt = self.embedding.weight
+        if not self.config.is_hard:
+            return prompt
+        ids = self.current_token_ids()
+        with torch.no_grad():
+            hard = self.word_embeddings(ids.to(module_device(self.word_embeddings))).detach().to(prompt.device)
+        if prompt.requires_grad and torch.is_grad_enabled():
+            # Straight-through: the value is exactly `hard` (P - P.detach() is exactly zero), the gradient reaches P.
+            return hard + (prompt - prompt.detach()).to(hard.dtype)
+        return hard
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.prompt_embeddings()[indices]
+
+    def current_token_ids(self) -> torch.Tensor:
+        """Hard mode: the nearest allowed token of each row of P, recomputed only when P has changed."""
+        prompt = self.embedding.weight
+        key = (prompt.data_ptr(), prompt._version)
+        if key != self._projection_key:
+            ids, _ = nearest_tokens(
+                prompt,
+                self.word_embeddings,
+                self.allowed_token_ids().to(prompt.device),
+                metric=self.config.metric,
+                chunk_size=self.config.projection_chunk_size,
+            )
+            self.token_ids.copy_(ids[:, 0])
+            self._projection_key = (prompt.data_ptr(), prompt._version)
+        return self.token_ids
+
+    # ----------------------------------------------------------------------------------------- the vocabulary
+    def allowed_token_ids(self) -> torch.Tensor:
+        """Ids the prompt may be projected to, from the config's constraints (computed once)."""
+        if self._allowed_mask is None:
+            self._allowed_mask = allowed_token_mask(
+                self.config, self.vocab_size, self.tokenizer(), self.model_special_ids
+            )
+        return self._allowed_mask.nonzero().flatten()
+
+    def tokenizer(self) -> Optional[object]:
+        """The tokenizer named by the config, else the base model's own if it can be loaded, else None."""
+        if self._tokenizer is None:
+            source = self.config.tokenizer_name_or_path or self.tokenizer_source
+            if source is None:
+                return None
+            from transformers import AutoTokenizer
+
+            kwargs = dict(self.config.tokenizer_kwargs or {})
+            kwargs.pop("trust_remote_code", None)
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            except Exception as error:  # the base model's path need not hold a tokenizer
+                if self.config.tokenizer_name_or_path is not None:
+                    raise ValueError(
+                        f"Could not load the tokenizer {source!r} named by tokenizer_name_or_path: {error}"
+                    ) from error
+                logger.info("No tokenizer at %r (%s); vocabulary constraints use the model config only", source, error)
+                self.tokenizer_source = None
+        return self._tokenizer
+
+    # ------------------------------------------------------------------------------------------ initialisation
+    def _initial_prompt(self) -> torch.Tensor:
+        config, n = self.config, self.config.num_virtual_tokens
+        device = module_device(self.word_embeddings)
+        if config.init == "random":
+            sample = self.allowed_token_ids()[:4096].to(device)
+            scale = self.word_embeddings(sample).float().std().item()
+            return torch.randn(n, config.token_dim) * scale
+        if config.init == "vocab":
+            allowed = self.allowed_token_ids()
+            ids = allowed[torch.randint(len(allowed), (n,))]
+        else:
+            ids = self._init_ids_from_config()
+        with torch.no_grad():
+            return self.word_embeddings(ids.to(device)).float().cpu()
+
+    def _init_ids_from_config(self) -> torch.Tensor:
+        config, n = self.config, self.config.num_virtual_tokens
+        if config.init == "text":
+            tokenizer = self.tokenizer()
+            if tokenizer is None:
+                raise ValueError("init='text' needs a tokenizer: set tokenizer_name_or_path in the SoftHardConfig.")
+            ids = tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise ValueError(f"init_text {config.init_text!r} tokenises to no tokens.")
+            if len(ids) > n:
+                raise ValueError(
+                    f"init_text is {len(ids)} tokens long but the prompt has num_virtual_tokens={n}; "
+                    "shorten the text or lengthen the prompt."
+                )
+        else:
+            ids = list(config.init_token_ids)
+            out_of_range = [i for i in ids if i >= self.vocab_size]
+            if out_of_range:
+                raise ValueError(
+                    f"init_token_ids {out_of_range} are outside this model's vocabulary of {self.vocab_size} tokens."
+                )
+        ids = (ids * math.ceil(n / len(ids)))[:n]  # repeat to fill the prompt, as peft's TEXT init does
+        if config.is_hard:
+            allowed = set(self.allowed_token_ids().tolist())
+            if not set(ids) <= allowed:
+                logger.warning("Some initial tokens are outside the allowed vocabulary; they project elsewhere.")
+        return torch.tensor(ids, dtype=torch.long)
+
+    # ------------------------------------------------------------------------------------------ save and load
+    @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        return model.prompt_encoder[adapter_name].adapter_state_dict()
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """What adapter_model.safetensors holds: the vectors the model sees, and for hard mode the token ids,
+        the continuous copy and the allowed vocabulary, so that training resumes exactly."""
+        with torch.no_grad():
+            state = {"prompt_embeddings": self.prompt_embeddings().detach().clone()}
+            if self.config.is_hard:
+                self.allowed_token_ids()
+                state[TOKEN_IDS_KEY] = self.current_token_ids().clone()
+                state[CONTINUOUS_KEY] = self.embedding.weight.detach().clone()
+            if self._allowed_mask is not None:
+                state[ALLOWED_KEY] = self._allowed_mask.clone()
+        return state
+
+    def _load_adapter_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self._check_adapter_state_dict(state_dict)
+        with torch.no_grad():
+            if self.config.is_hard:
+                self.embedding.weight.copy_(state_dict[CONTINUOUS_KEY])
+                self.token_ids.copy_(state_dict[TOKEN_IDS_KEY])
+            else:
+                self.embedding.weight.copy_(state_dict["prompt_embeddings"])
+        if ALLOWED_KEY in state_dict:
+            self._allowed_mask = state_dict[ALLOWED_KEY].to(torch.bool).cpu().clone()
+        if self.config.is_hard:  # the saved ids are the projection of the saved P: use them as they are
+            weight = self.embedding.weight
+            self._projection_key = (weight.data_ptr(), weight._version)
+
+    def _check_adapter_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        n, d = self.config.num_virtual_tokens, self.config.token_dim
+        required = ["prompt_embeddings"] + ([TOKEN_IDS_KEY, CONTINUOUS_KEY] if self.config.is_hard else [])
+        missing = [key for key in required if key not in state_dict]
+        if missing:
+            raise ValueError(
+                f"The adapter weights lack {missing}: the file is not a complete {self.config.mode}-mode SOFTHARD "
+                "adapter (was it truncated, or saved by another method?)."
+            )
+        for key in ("prompt_embeddings", CONTINUOUS_KEY):
+            if key not in state_dict:
+                continue
+            tensor = state_dict[key]
+            if tensor.dim() != 2 or tensor.shape[1] != d:
+                raise ValueError(
+                    f"The adapter's {key} has shape {tuple(tensor.shape)}: it was trained for a model with hidden "
+                    f"size {tensor.shape[-1]}, and this model's input embeddings have size {d}. Load it into the "
+                    "model it was trained for."
+                )
+            if tensor.shape[0] != n:
+                raise ValueError(
+                    f"The adapter's {key} has {tensor.shape[0]} rows but its config says num_virtual_tokens={n}."
+                )
+            if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+                raise ValueError(f"The adapter's {key} holds NaN/Inf or non-float values; the file is corrupted.")
+        if TOKEN_IDS_KEY in state_dict:
+            ids = state_dict[TOKEN_IDS_KEY]
+            if ids.dtype not in (torch.int32, torch.int64) or ids.shape != (n,):
+                raise ValueError(f"The adapter's token_ids must be {n} integers, got {ids.dtype} {tuple(ids.shape)}.")
+            if ids.min() < 0 or ids.max() >= self.vocab_size:
+                raise ValueError(
+                    f"The adapter's token ids reach {int(ids.max())}, beyond this model's vocabulary of "
+                    f"{self.vocab_size} tokens: it was trained for another model."
+                )
+        if ALLOWED_KEY in state_dict and state_dict[ALLOWED_KEY].shape != (self.vocab_size,):
+            raise ValueError(
+                f"The adapter was trained for a vocabulary of {state_dict[ALLOWED_KEY].shape[0]} tokens and this "
+                f"model has {self.vocab_size}; load it into the model it was trained for."
+            )
+

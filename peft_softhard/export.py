@@ -1,0 +1,50 @@
+"""Export a SOFTHARD adapter as a plain peft PROMPT_TUNING adapter that stock peft loads with no plugin."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from peft import PromptTuningConfig
+from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
+from safetensors.torch import save_file
+
+from .encoder import ALLOWED_KEY, CONTINUOUS_KEY, TOKEN_IDS_KEY
+
+
+def export_prompt_tuning(peft_model: Any, save_directory: str, adapter_name: Optional[str] = None) -> str:
+    """Write `adapter_config.json` (peft_type PROMPT_TUNING) and `adapter_model.safetensors` to `save_directory`.
+
+    The exported `prompt_embeddings` are what the model sees (for a hard prompt: the embeddings of its
+    tokens), so the stock adapter gives the same outputs. Extra trained modules (e.g. a SEQ_CLS head) come too.
+
+    Example:
+        ```py
+        >>> export_prompt_tuning(peft_model, "out/plain")  # doctest: +SKIP
+        >>> PeftModel.from_pretrained(base_model, "out/plain")  # no peft_softhard import needed  # doctest: +SKIP
+        ```
+    """
+    adapter_name = adapter_name or peft_model.active_adapter
+    config = peft_model.peft_config[adapter_name]
+    if getattr(config, "peft_type", None) != "SOFTHARD":
+        raise ValueError(f"Adapter {adapter_name!r} is {config.peft_type}, not a SOFTHARD adapter.")
+    plain = PromptTuningConfig(
+        task_type=config.task_type,
+        num_virtual_tokens=config.num_virtual_tokens,
+        token_dim=config.token_dim,
+        num_transformer_submodules=1,
+        num_attention_heads=config.num_attention_heads,
+        num_layers=config.num_layers,
+        modules_to_save=config.modules_to_save,
+        base_model_name_or_path=config.base_model_name_or_path,
+        revision=config.revision,
+        inference_mode=True,
+    )
+    state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name)
+    for key in (CONTINUOUS_KEY, TOKEN_IDS_KEY, ALLOWED_KEY):
+        state.pop(key, None)
+    state = {key: tensor.detach().cpu().contiguous() for key, tensor in state.items()}
+    os.makedirs(save_directory, exist_ok=True)
+    plain.save_pretrained(save_directory)
+    save_file(state, os.path.join(save_directory, SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
+    return save_directory

@@ -1,0 +1,191 @@
+"""Nearest-token search: map prompt vectors to the tokens whose embeddings are closest.
+
+"The embedding of token i" is what the model's input-embedding module returns for i (some models scale
+inside that module), so candidates are always embedded by calling the module, a chunk of ids at a time:
+memory stays bounded for any vocabulary and no V x d copy is kept. Scores are accumulated in float64 so
+the result does not depend on the chunk size (float32 GEMM rounds differently for different shapes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+# Each chunk of candidate embeddings is scored in float64; keep one near this many bytes.
+CHUNK_BYTES = 64 * 2**20
+_EPS = 1e-12
+
+
+def default_chunk_size(dim: int) -> int:
+    return max(1, CHUNK_BYTES // (dim * 8))
+
+
+def similarity(vectors: torch.Tensor, candidates: torch.Tensor, metric: str) -> torch.Tensor:
+    """Similarity (higher is closer) of each row of `vectors` [n, d] to each row of `candidates` [c, d], float64."""
+    q = vectors.to(torch.float64)
+    e = candidates.to(torch.float64)
+    if metric == "dot":
+        return q @ e.T
+    if metric == "cosine":
+        q = q / q.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+        e = e / e.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+        return q @ e.T
+    if metric == "l2":
+        squared = (q * q).sum(-1, keepdim=True) - 2 * (q @ e.T) + (e * e).sum(-1)
+        return -squared.clamp_min(0).sqrt()
+    raise ValueError(f"Unknown metric {metric!r}: choose one of cosine, dot, l2.")
+
+
+def distance(vectors: torch.Tensor, candidates: torch.Tensor, metric: str) -> torch.Tensor:
+    """Row-wise distance between `vectors` [n, d] and `candidates` [n, d] under `metric`, float64.
+
+    cosine: 1 - cos; l2: Euclidean distance; dot: Euclidean distance too (a dot product has no distance).
+    """
+    q = vectors.to(torch.float64)
+    e = candidates.to(torch.float64)
+    if metric == "cosine":
+        cos = (q * e).sum(-1) / (q.norm(dim=-1) * e.norm(dim=-1)).clamp_min(_EPS)
+        return 1 - cos
+    return (q - e).norm(dim=-1)
+
+
+@torch.no_grad()
+def nearest_tokens(
+    vectors: torch.Tensor,
+    word_embeddings: nn.Module,
+    candidate_ids: Optional[torch.Tensor] = None,
+    *,
+    metric: str = "cosine",
+    top_k: int = 1,
+    chunk_size: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the `top_k` nearest candidate tokens of each vector and their similarities.
+
+    Args:
+        vectors: [n, d] prompt vectors, in the output space of `word_embeddings`.
+        word_embeddings: the model's input-embedding module (`model.get_input_embeddings()`).
+        candidate_ids: 1-D ids that may be chosen (default: the whole vocabulary).
+        metric: "cosine", "dot" or "l2" (similarity = minus the distance).
+        top_k: how many tokens per vector, best first; ties go to the lower id.
+        chunk_size: candidates scored at once (default: about 64 MiB of float64 per chunk).
+
+    Returns:
+        (ids [n, top_k] long, similarities [n, top_k] float64), on the device of `vectors`.
+    """
+    device = vectors.device
+    if candidate_ids is None:
+        candidate_ids = torch.arange(vocabulary_size(word_embeddings), device=device)
+    if candidate_ids.numel() == 0:
+        raise ValueError("There are no candidate tokens to project to: the allowed vocabulary is empty.")
+    if top_k < 1 or top_k > candidate_ids.numel():
+        raise ValueError(f"top_k must be between 1 and the {candidate_ids.numel()} candidate tokens, got {top_k}.")
+    chunk_size = chunk_size or default_chunk_size(vectors.shape[-1])
+    weight_device = module_device(word_embeddings, device)
+
+    best_scores = torch.full((vectors.shape[0], 0), float("-inf"), dtype=torch.float64, device=device)
+    best_ids = torch.empty((vectors.shape[0], 0), dtype=torch.long, device=device)
+    for start in range(0, candidate_ids.numel(), chunk_size):
+        ids = candidate_ids[start : start + chunk_size].to(weight_device)
+        scores = similarity(vectors, word_embeddings(ids).to(device), metric)
+        ids = ids.to(device).expand(vectors.shape[0], -1)
+        if top_k == 1:
+            chunk_best, position = scores.max(dim=1, keepdim=True)  # first maximum: the lower id wins a tie
+            if best_scores.shape[1] == 0:
+                best_scores, best_ids = chunk_best, ids.gather(1, position)
+            else:
+                better = chunk_best > best_scores  # strict: an earlier (lower-id) chunk keeps a tie
+                best_scores = torch.where(better, chunk_best, best_scores)
+                best_ids = torch.where(better, ids.gather(1, position), best_ids)
+        else:
+            merged_scores = torch.cat([best_scores, scores], dim=1)
+            merged_ids = torch.cat([best_ids, ids], dim=1)
+            order = merged_scores.sort(dim=1, descending=True, stable=True).indices[:, :top_k]
+            best_scores, best_ids = merged_scores.gather(1, order), merged_ids.gather(1, order)
+    return best_ids, best_scores
+
+
+def vocabulary_size(word_embeddings: nn.Module) -> int:
+    """Number of token rows of an input-embedding module."""
+    size = getattr(word_embeddings, "num_embeddings", None)
+    if size is None:
+        size = word_embeddings.weight.shape[0]
+    return int(size)
+
+
+def module_device(module: nn.Module, default: torch.device = torch.device("cpu")) -> torch.device:
+    """Device of a module's parameters (`default` for a module without any)."""
+    parameter = next(module.parameters(), None)
+    return parameter.device if parameter is not None else default
+
+
+@dataclass
+class ProjectedPrompt:
+    """A prompt read as tokens: one nearest token per virtual position, with its top-k neighbours.
+
+    `token_ids[i]` is the token position i is read as (for a hard prompt: exactly the token in use);
+    `candidates[i]` lists the `top_k` nearest tokens as (id, similarity), best first.
+    """
+
+    token_ids: list[int]
+    similarities: list[float]
+    candidates: list[list[tuple[int, float]]]
+    metric: str
+    mode: str
+    text: Optional[str] = None
+    tokens: Optional[list[str]] = field(default=None, repr=False)
+
+
+def project_prompt(
+    peft_model: Any,
+    tokenizer: Optional[Any] = None,
+    top_k: int = 1,
+    metric: Optional[str] = None,
+    adapter_name: Optional[str] = None,
+) -> ProjectedPrompt:
+    """Read a SOFTHARD adapter's prompt as its nearest tokens.
+
+    For a hard prompt the token ids are exactly those the model is fed; for a soft prompt they are the
+    nearest allowed tokens of each vector under `metric` (default: the adapter's own). Similarities are
+    under `metric` (cosine and dot: higher is closer; l2: minus the Euclidean distance).
+
+    Example:
+        ```py
+        >>> reading = project_prompt(peft_model, tokenizer, top_k=3)  # doctest: +SKIP
+        >>> reading.token_ids, reading.text                          # doctest: +SKIP
+        ```
+    """
+    adapter_name = adapter_name or peft_model.active_adapter
+    config = peft_model.peft_config[adapter_name]
+    if getattr(config, "peft_type", None) != "SOFTHARD":
+        raise ValueError(
+            f"project_prompt reads SOFTHARD adapters; adapter {adapter_name!r} is {config.peft_type}. "
+            "Create the model with SoftHardConfig."
+        )
+    encoder = peft_model.prompt_encoder[adapter_name]
+    metric = metric or config.metric
+    vectors = encoder.embedding.weight.detach()
+    ids, scores = nearest_tokens(
+        vectors,
+        encoder.word_embeddings,
+        encoder.allowed_token_ids().to(vectors.device),
+        metric=metric,
+        top_k=top_k,
+        chunk_size=config.projection_chunk_size,
+    )
+    candidates = [list(zip(row_ids, row_scores)) for row_ids, row_scores in zip(ids.tolist(), scores.tolist())]
+    if config.is_hard:
+        token_ids = encoder.current_token_ids().tolist()
+        in_use = torch.tensor(token_ids, device=vectors.device)
+        similarities = similarity(vectors, encoder.word_embeddings(in_use), metric).diagonal().tolist()
+    else:
+        token_ids, similarities = ids[:, 0].tolist(), scores[:, 0].tolist()
+
+    tokenizer = tokenizer if tokenizer is not None else encoder.tokenizer()
+    text = tokens = None
+    if tokenizer is not None:
+        text = tokenizer.decode(token_ids)
+        tokens = tokenizer.convert_ids_to_tokens(token_ids)
+    return ProjectedPrompt(token_ids, similarities, candidates, metric, config.mode, text, tokens)

@@ -1,0 +1,201 @@
+"""Registers the SOFTHARD method with peft. Every contact with peft's internals is in this module.
+
+peft 0.21 only knows the prompt methods it ships, so four things are done here, once, at import:
+1. `PeftType` gets a SOFTHARD member (`register_peft_method` refuses names the enum lacks);
+2. `register_peft_method` fills peft's tables (config class, encoder class, key prefix);
+3. `PeftModel._setup_prompt_encoder` (builds only the encoders it knows) and `PeftModel.get_prompt`
+   (reads `embedding.weight` directly at inference, which would skip the hard projection) are wrapped to
+   handle SOFTHARD adapters and pass every other adapter through unchanged;
+4. `PeftModelForSeq2SeqLM.forward` / `.generate` are wrapped so SOFTHARD takes the encoder-prompt path that
+   peft reserves for PROMPT_TUNING (other types fall where `generate()` raises NotImplementedError).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+from typing import Any, Callable
+
+SUPPORTED_PEFT = ">=0.21,<0.22"
+PEFT_TYPE_NAME = "SOFTHARD"
+
+
+def _require_peft_symbols() -> None:
+    """Fail at import, with the versions we support, if peft lacks anything this module relies on."""
+    version = importlib.metadata.version("peft")
+    problem = None
+    try:
+        from peft import PeftModel, PeftModelForSeq2SeqLM
+        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING  # noqa: F401
+        from peft.tuners.tuners_utils import BasePromptEncoder
+        from peft.utils.peft_types import PeftType, register_peft_method  # noqa: F401
+
+        needed = {
+            PeftModel: ("_setup_prompt_encoder", "get_prompt", "_adjust_prompt_learning_kwargs"),
+            PeftModelForSeq2SeqLM: ("forward", "generate"),
+            BasePromptEncoder: ("_get_adapter_state_dict", "_load_adapter_state_dict"),
+        }
+        missing = [f"{cls.__name__}.{name}" for cls, names in needed.items() for name in names if not hasattr(cls, name)]
+        if missing:
+            problem = f"missing {', '.join(missing)}"
+        if not hasattr(PeftType, "_member_map_"):
+            problem = "PeftType is not a standard Enum"
+    except ImportError as error:
+        problem = str(error)
+    if problem:
+        raise ImportError(
+            f"peft-softhard supports peft {SUPPORTED_PEFT}; the installed peft {version} differs where it matters "
+            f"({problem}). Install a supported version: pip install 'peft{SUPPORTED_PEFT}'."
+        )
+
+
+def _add_peft_type() -> Any:
+    """Add SOFTHARD to peft's PeftType enum (CPython Enum internals; idempotent)."""
+    from peft.utils.peft_types import PeftType
+
+    if PEFT_TYPE_NAME in PeftType._member_map_:
+        return PeftType[PEFT_TYPE_NAME]
+    member = str.__new__(PeftType, PEFT_TYPE_NAME)
+    member._name_ = PEFT_TYPE_NAME
+    member._value_ = PEFT_TYPE_NAME
+    member.__objclass__ = PeftType
+    type.__setattr__(PeftType, PEFT_TYPE_NAME, member)
+    PeftType._member_map_[PEFT_TYPE_NAME] = member
+    PeftType._value2member_map_[PEFT_TYPE_NAME] = member
+    PeftType._member_names_.append(PEFT_TYPE_NAME)
+    return member
+
+
+def is_softhard(config: Any) -> bool:
+    return getattr(config, "peft_type", None) == PEFT_TYPE_NAME
+
+
+def _setup_softhard_encoder(peft_model: Any, adapter_name: str) -> None:
+    """peft's `_setup_prompt_encoder` for SOFTHARD: embeddings are found through `get_input_embeddings()`."""
+    import torch
+    from transformers import PreTrainedModel
+
+    from .encoder import SoftHardPromptEncoder
+    from .projection import module_device, vocabulary_size
+    from .vocabulary import special_token_ids
+
+    config = peft_model.peft_config[adapter_name]
+    base = peft_model.base_model
+    if not hasattr(peft_model, "prompt_encoder"):
+        peft_model.prompt_encoder = torch.nn.ModuleDict({})
+        peft_model.prompt_tokens = {}
+    for name, module in base.named_children():  # freeze the base model, as peft does
+        module.requires_grad_(False)
+        if isinstance(module, PreTrainedModel) and not hasattr(peft_model, "transformer_backbone_name"):
+            peft_model.transformer_backbone_name = name
+
+    word_embeddings = base.get_input_embeddings()
+    embedding_dim = word_embeddings(torch.zeros(1, dtype=torch.long, device=module_device(word_embeddings))).shape[-1]
+    vocab_size = vocabulary_size(word_embeddings)
+    if config.inference_mode and config.token_dim is not None and config.token_dim != embedding_dim:
+        raise ValueError(
+            f"This SOFTHARD adapter was trained for a model with hidden size {config.token_dim}; this model's input "
+            f"embeddings have size {embedding_dim}. Load it into the model it was trained for."
+        )
+    if config.vocab_size is not None and config.vocab_size != vocab_size:
+        raise ValueError(
+            f"This SOFTHARD adapter was trained for a vocabulary of {config.vocab_size} tokens; this model has "
+            f"{vocab_size}. Load it into the model it was trained for."
+        )
+    config.token_dim, config.vocab_size = embedding_dim, vocab_size
+
+    peft_model.word_embeddings = word_embeddings
+    encoder = SoftHardPromptEncoder(
+        config,
+        word_embeddings,
+        model_special_ids=tuple(special_token_ids(base.config)),
+        tokenizer_source=getattr(base, "name_or_path", None) or None,
+    )
+    peft_model.prompt_encoder.update(torch.nn.ModuleDict({adapter_name: encoder.to(peft_model.device)}))
+    peft_model.prompt_tokens[adapter_name] = torch.arange(config.num_virtual_tokens).long()
+
+
+def _softhard_prompts(peft_model: Any, batch_size: int) -> Any:
+    prompt = peft_model.prompt_encoder[peft_model.active_adapter].prompt_embeddings()
+    return prompt.unsqueeze(0).expand(batch_size, -1, -1)
+
+
+def _seq2seq_forward(peft_model: Any, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs: Any) -> Any:
+    """SOFTHARD on an encoder-decoder: the prompt goes before the encoder input only (as PROMPT_TUNING)."""
+    config = peft_model.active_peft_config
+    peft_model._adjust_prompt_learning_kwargs(config, kwargs=kwargs)
+    kwargs.pop("task_ids", None)
+    if inputs_embeds is None:
+        inputs_embeds = peft_model.word_embeddings(input_ids)
+    inputs_embeds, attention_mask = _prepend_prompt(peft_model, inputs_embeds, attention_mask)
+    return peft_model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+
+def _seq2seq_generate(peft_model: Any, **kwargs: Any) -> Any:
+    if "input_ids" not in kwargs:
+        raise ValueError("input_ids must be provided for Peft model generation")
+    config = peft_model.active_peft_config
+    peft_model._adjust_prompt_learning_kwargs(config, kwargs=kwargs)
+    kwargs.pop("task_ids", None)
+    inputs_embeds = peft_model.word_embeddings(kwargs.pop("input_ids"))
+    kwargs["inputs_embeds"], kwargs["attention_mask"] = _prepend_prompt(
+        peft_model, inputs_embeds, kwargs.get("attention_mask")
+    )
+    if kwargs["attention_mask"] is None:
+        del kwargs["attention_mask"]
+    return peft_model.base_model.generate(**kwargs)
+
+
+def _prepend_prompt(peft_model: Any, inputs_embeds: Any, attention_mask: Any) -> tuple[Any, Any]:
+    import torch
+
+    batch_size = inputs_embeds.shape[0]
+    prompts = _softhard_prompts(peft_model, batch_size).to(inputs_embeds.dtype)
+    if attention_mask is not None:
+        prefix = attention_mask.new_ones(batch_size, prompts.shape[1])
+        attention_mask = torch.cat((prefix, attention_mask), dim=1)
+    return torch.cat((prompts, inputs_embeds), dim=1), attention_mask
+
+
+def _route_softhard(original: Callable, softhard: Callable, config_of: Callable) -> Callable:
+    """Wrap a peft method so SOFTHARD adapters go to `softhard` and everything else to `original`."""
+
+    @functools.wraps(original)
+    def wrapper(self, *args, **kwargs):
+        if is_softhard(config_of(self, *args)):
+            return softhard(self, *args, **kwargs)
+        return original(self, *args, **kwargs)
+
+    wrapper.__softhard_original__ = original
+    return wrapper
+
+
+def _patch_peft_model() -> None:
+    from peft import PeftModel, PeftModelForSeq2SeqLM
+
+    if hasattr(PeftModel._setup_prompt_encoder, "__softhard_original__"):
+        return
+    active = lambda model, *args: model.active_peft_config  # noqa: E731
+    PeftModel._setup_prompt_encoder = _route_softhard(
+        PeftModel._setup_prompt_encoder, _setup_softhard_encoder, lambda model, name: model.peft_config[name]
+    )
+    PeftModel.get_prompt = _route_softhard(
+        PeftModel.get_prompt, lambda model, batch_size, *a, **k: _softhard_prompts(model, batch_size), active
+    )
+    PeftModelForSeq2SeqLM.forward = _route_softhard(PeftModelForSeq2SeqLM.forward, _seq2seq_forward, active)
+    PeftModelForSeq2SeqLM.generate = _route_softhard(PeftModelForSeq2SeqLM.generate, _seq2seq_generate, active)
+
+
+def register() -> None:
+    """Make SOFTHARD a peft method. Safe to call more than once."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+    from peft.utils.peft_types import register_peft_method
+
+    _require_peft_symbols()
+    peft_type = _add_peft_type()
+    if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
+        from .config import SoftHardConfig
+        from .encoder import SoftHardPromptEncoder
+
+        register_peft_method(name=PEFT_TYPE_NAME.lower(), config_cls=SoftHardConfig, model_cls=SoftHardPromptEncoder)
+    _patch_peft_model()

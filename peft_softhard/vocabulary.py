@@ -1,0 +1,100 @@
+"""The allowed vocabulary: which token ids a prompt may be projected to."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Optional
+
+import torch
+
+from .config import SoftHardConfig
+
+logger = logging.getLogger(__name__)
+
+# Markers byte-level BPE (GPT-2, Llama 3, SmolLM) and SentencePiece use for "this token starts a word".
+_WORD_START_MARKERS = ("Ġ", "▁", " ")
+
+
+def special_token_ids(model_config: object) -> set[int]:
+    """Special token ids a transformers model config names (bos, eos, pad, ...), whatever the tokenizer."""
+    ids: set[int] = set()
+    configs = [model_config, getattr(model_config, "get_text_config", lambda: None)()]
+    for cfg in configs:
+        if cfg is None:
+            continue
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "sep_token_id",
+                     "cls_token_id", "mask_token_id", "decoder_start_token_id"):
+            value = getattr(cfg, name, None)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            ids.update(int(v) for v in values if isinstance(v, int) and v >= 0)
+    return ids
+
+
+def allowed_token_mask(
+    config: SoftHardConfig,
+    vocab_size: int,
+    tokenizer: Optional[object] = None,
+    model_special_ids: Iterable[int] = (),
+) -> torch.Tensor:
+    """Boolean mask over the embedding rows: True where the config's constraints allow the token.
+
+    Rows past the tokenizer's length (embedding matrices are often padded) are never real tokens and are
+    excluded whenever a tokenizer is known.
+    """
+    mask = torch.ones(vocab_size, dtype=torch.bool)
+    if config.allowed_token_ids is not None:
+        _check_in_range("allowed_token_ids", config.allowed_token_ids, vocab_size)
+        mask[:] = False
+        mask[torch.tensor(config.allowed_token_ids, dtype=torch.long)] = True
+    if config.denied_token_ids:
+        _check_in_range("denied_token_ids", config.denied_token_ids, vocab_size)
+        mask[torch.tensor(config.denied_token_ids, dtype=torch.long)] = False
+
+    needs_tokenizer = [name for name in ("ascii_only", "word_start_only") if getattr(config, name)]
+    if needs_tokenizer and tokenizer is None:
+        raise ValueError(
+            f"{' and '.join(needs_tokenizer)} need a tokenizer to read the tokens: set tokenizer_name_or_path in "
+            "the SoftHardConfig (or load the base model from a folder that has its tokenizer)."
+        )
+    if config.exclude_special_tokens:
+        special = set(model_special_ids)
+        if tokenizer is not None:
+            special.update(getattr(tokenizer, "all_special_ids", []))
+        special = [i for i in special if 0 <= i < vocab_size]
+        mask[special] = False
+    if tokenizer is not None:
+        real_tokens = min(len(tokenizer), vocab_size)
+        mask[real_tokens:] = False
+        if needs_tokenizer:
+            candidates = mask.nonzero().flatten().tolist()
+            keep = [i for i in candidates if _passes_text_filters(tokenizer, i, config)]
+            mask[:] = False
+            mask[keep] = True
+
+    if not mask.any():
+        raise ValueError(
+            "The vocabulary constraints leave no token to choose from (check allowed_token_ids, denied_token_ids, "
+            "ascii_only, word_start_only and exclude_special_tokens in the SoftHardConfig)."
+        )
+    logger.debug("Allowed vocabulary: %d of %d tokens", int(mask.sum()), vocab_size)
+    return mask
+
+
+def _passes_text_filters(tokenizer: object, token_id: int, config: SoftHardConfig) -> bool:
+    text = tokenizer.decode([token_id])
+    if config.ascii_only and not (text and text.isascii() and text.isprintable()):
+        return False
+    if config.word_start_only:
+        piece = tokenizer.convert_ids_to_tokens(token_id) or ""
+        if not piece.startswith(_WORD_START_MARKERS) or len(piece) < 2:
+            return False
+    return True
+
+
+def _check_in_range(name: str, ids: list[int], vocab_size: int) -> None:
+    too_large = [i for i in ids if i >= vocab_size]
+    if too_large:
+        raise ValueError(
+            f"{name} holds ids {too_large[:5]} outside this model's vocabulary of {vocab_size} tokens."
+        )
