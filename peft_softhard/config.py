@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from peft.config import PromptLearningConfig
 from peft.utils import PeftType
@@ -39,18 +38,18 @@ class SoftHardConfig(PromptLearningConfig):
             "to fill the prompt) or 'token_ids' (the ids in `init_token_ids`, repeated)."
         },
     )
-    init_text: Optional[str] = field(default=None, metadata={"help": "Text whose tokens start the prompt (init='text')."})
-    init_token_ids: Optional[list[int]] = field(
+    init_text: str | None = field(default=None, metadata={"help": "Text whose tokens start the prompt (init='text')."})
+    init_token_ids: list[int] | None = field(
         default=None, metadata={"help": "Token ids that start the prompt (init='token_ids')."}
     )
-    tokenizer_name_or_path: Optional[str] = field(
+    tokenizer_name_or_path: str | None = field(
         default=None,
         metadata={
             "help": "Tokenizer used for init='text' and for the vocabulary constraints; defaults to the base "
             "model's own name or path."
         },
     )
-    tokenizer_kwargs: Optional[dict] = field(
+    tokenizer_kwargs: dict | None = field(
         default=None, metadata={"help": "Keyword arguments for AutoTokenizer.from_pretrained (no remote code)."}
     )
     metric: str = field(
@@ -64,17 +63,17 @@ class SoftHardConfig(PromptLearningConfig):
     word_start_only: bool = field(
         default=False, metadata={"help": "Allow only tokens that begin a word (a leading space or '▁')."}
     )
-    allowed_token_ids: Optional[list[int]] = field(
+    allowed_token_ids: list[int] | None = field(
         default=None, metadata={"help": "If set, only these token ids may be projected to."}
     )
-    denied_token_ids: Optional[list[int]] = field(
+    denied_token_ids: list[int] | None = field(
         default=None, metadata={"help": "Token ids that may never be projected to."}
     )
-    projection_chunk_size: Optional[int] = field(
+    projection_chunk_size: int | None = field(
         default=None,
         metadata={"help": "Vocabulary rows scored at once when projecting; default keeps each chunk near 64 MiB."},
     )
-    vocab_size: Optional[int] = field(
+    vocab_size: int | None = field(
         default=None,
         metadata={"help": "Rows of the model's input embedding; filled in from the model and checked on loading."},
     )

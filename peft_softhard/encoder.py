@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Optional
 
 import torch
 from peft.tuners.tuners_utils import BasePromptEncoder
@@ -53,7 +52,7 @@ class SoftHardPromptEncoder(BasePromptEncoder):
         word_embeddings: nn.Module,
         *,
         model_special_ids: tuple[int, ...] = (),
-        tokenizer_source: Optional[str] = None,
+        tokenizer_source: str | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -61,9 +60,9 @@ class SoftHardPromptEncoder(BasePromptEncoder):
         self.vocab_size = vocabulary_size(word_embeddings)
         self.model_special_ids = tuple(model_special_ids)
         self.tokenizer_source = tokenizer_source
-        self._tokenizer: Optional[object] = None
-        self._allowed_mask: Optional[torch.Tensor] = None
-        self._projection_key: Optional[tuple[int, int]] = None
+        self._tokenizer: object | None = None
+        self._allowed_mask: torch.Tensor | None = None
+        self._projection_key: tuple[int, int] | None = None
 
         self.embedding = nn.Embedding(config.num_virtual_tokens, config.token_dim)
         self.register_buffer("token_ids", torch.zeros(config.num_virtual_tokens, dtype=torch.long), persistent=False)
@@ -113,26 +112,35 @@ class SoftHardPromptEncoder(BasePromptEncoder):
             )
         return self._allowed_mask.nonzero().flatten()
 
-    def tokenizer(self) -> Optional[object]:
-        """The tokenizer named by the config, else the base model's own if it can be loaded, else None."""
-        if self._tokenizer is None:
-            source = self.config.tokenizer_name_or_path or self.tokenizer_source
-            if source is None:
-                return None
-            from transformers import AutoTokenizer
-
-            kwargs = dict(self.config.tokenizer_kwargs or {})
-            kwargs.pop("trust_remote_code", None)
-            try:
-                self._tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-            except Exception as error:  # the base model's path need not hold a tokenizer
-                if self.config.tokenizer_name_or_path is not None:
-                    raise ValueError(
-                        f"Could not load the tokenizer {source!r} named by tokenizer_name_or_path: {error}"
-                    ) from error
-                logger.info("No tokenizer at %r (%s); vocabulary constraints use the model config only", source, error)
-                self.tokenizer_source = None
+    def tokenizer(self) -> object | None:
+        """The tokenizer named by the config, else the base model's own if it has a usable one, else None."""
+        if self._tokenizer is None and (self.config.tokenizer_name_or_path or self.tokenizer_source):
+            self._tokenizer = self._load_tokenizer()
         return self._tokenizer
+
+    def _load_tokenizer(self) -> object | None:
+        from transformers import AutoTokenizer
+
+        explicit = self.config.tokenizer_name_or_path
+        source = explicit or self.tokenizer_source
+        kwargs = {k: v for k, v in (self.config.tokenizer_kwargs or {}).items() if k != "trust_remote_code"}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            problem = None
+        except Exception as error:  # the base model's folder need not hold a tokenizer
+            tokenizer, problem = None, str(error)
+        if tokenizer is not None and len(tokenizer) > self.vocab_size:
+            problem = f"it has {len(tokenizer)} tokens and the model's embedding only {self.vocab_size}"
+        elif tokenizer is not None and not explicit and len(tokenizer) < self.vocab_size // 2:
+            # transformers builds an empty tokenizer from a bare model config: not the model's tokenizer
+            problem = f"it covers only {len(tokenizer)} of the model's {self.vocab_size} tokens"
+        if problem is None:
+            return tokenizer
+        if explicit:
+            raise ValueError(f"Cannot use the tokenizer {source!r} named by tokenizer_name_or_path: {problem}")
+        logger.info("No usable tokenizer at %r (%s); constraints use the model config only", source, problem)
+        self.tokenizer_source = None
+        return None
 
     # ------------------------------------------------------------------------------------------ initialisation
     def _initial_prompt(self) -> torch.Tensor:

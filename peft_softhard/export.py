@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 from peft import PromptTuningConfig
 from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from .encoder import ALLOWED_KEY, CONTINUOUS_KEY, TOKEN_IDS_KEY
 
 
-def export_prompt_tuning(peft_model: Any, save_directory: str, adapter_name: Optional[str] = None) -> str:
+def export_prompt_tuning(peft_model: Any, save_directory: str, adapter_name: str | None = None) -> str:
     """Write `adapter_config.json` (peft_type PROMPT_TUNING) and `adapter_model.safetensors` to `save_directory`.
 
     The exported `prompt_embeddings` are what the model sees (for a hard prompt: the embeddings of its

@@ -2,25 +2,31 @@
 
 "The embedding of token i" is what the model's input-embedding module returns for i (some models scale
 inside that module), so candidates are always embedded by calling the module, a chunk of ids at a time:
-memory stays bounded for any vocabulary and no V x d copy is kept. Scores are accumulated in float64 so
-the result does not depend on the chunk size (float32 GEMM rounds differently for different shapes).
+memory stays bounded for any vocabulary and no V x d copy is kept.
+
+A matrix product rounds differently for different shapes, so a score could change in its last bit with the
+chunk size, and a tie between duplicate rows could then flip. Scores are therefore always computed in
+fixed blocks of BLOCK candidates (the last one zero-padded), each by the same float64 product whatever the
+chunk size: chunking changes the memory used, never a result.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
 
 # Each chunk of candidate embeddings is scored in float64; keep one near this many bytes.
 CHUNK_BYTES = 64 * 2**20
+# Candidates per matrix product; every product has this shape, so results never depend on the chunking.
+BLOCK = 256
 _EPS = 1e-12
 
 
 def default_chunk_size(dim: int) -> int:
-    return max(1, CHUNK_BYTES // (dim * 8))
+    return max(BLOCK, CHUNK_BYTES // (dim * 8))
 
 
 def similarity(vectors: torch.Tensor, candidates: torch.Tensor, metric: str) -> torch.Tensor:
@@ -56,11 +62,11 @@ def distance(vectors: torch.Tensor, candidates: torch.Tensor, metric: str) -> to
 def nearest_tokens(
     vectors: torch.Tensor,
     word_embeddings: nn.Module,
-    candidate_ids: Optional[torch.Tensor] = None,
+    candidate_ids: torch.Tensor | None = None,
     *,
     metric: str = "cosine",
     top_k: int = 1,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the `top_k` nearest candidate tokens of each vector and their similarities.
 
@@ -85,11 +91,13 @@ def nearest_tokens(
     chunk_size = chunk_size or default_chunk_size(vectors.shape[-1])
     weight_device = module_device(word_embeddings, device)
 
+    chunk_size = max(BLOCK, chunk_size - chunk_size % BLOCK)  # whole blocks only
+
     best_scores = torch.full((vectors.shape[0], 0), float("-inf"), dtype=torch.float64, device=device)
     best_ids = torch.empty((vectors.shape[0], 0), dtype=torch.long, device=device)
     for start in range(0, candidate_ids.numel(), chunk_size):
         ids = candidate_ids[start : start + chunk_size].to(weight_device)
-        scores = similarity(vectors, word_embeddings(ids).to(device), metric)
+        scores = _block_scores(vectors, word_embeddings(ids).to(device), metric)
         ids = ids.to(device).expand(vectors.shape[0], -1)
         if top_k == 1:
             chunk_best, position = scores.max(dim=1, keepdim=True)  # first maximum: the lower id wins a tie
@@ -107,6 +115,14 @@ def nearest_tokens(
     return best_ids, best_scores
 
 
+def _block_scores(vectors: torch.Tensor, rows: torch.Tensor, metric: str) -> torch.Tensor:
+    """Similarities [n, len(rows)], computed BLOCK candidates at a time with zero rows padding the last block."""
+    count = rows.shape[0]
+    padded = torch.nn.functional.pad(rows, (0, 0, 0, -count % BLOCK))
+    blocks = [similarity(vectors, block, metric) for block in padded.split(BLOCK)]
+    return torch.cat(blocks, dim=1)[:, :count]
+
+
 def vocabulary_size(word_embeddings: nn.Module) -> int:
     """Number of token rows of an input-embedding module."""
     size = getattr(word_embeddings, "num_embeddings", None)
@@ -115,10 +131,10 @@ def vocabulary_size(word_embeddings: nn.Module) -> int:
     return int(size)
 
 
-def module_device(module: nn.Module, default: torch.device = torch.device("cpu")) -> torch.device:
-    """Device of a module's parameters (`default` for a module without any)."""
+def module_device(module: nn.Module, default: torch.device | None = None) -> torch.device:
+    """Device of a module's parameters (`default`, else the CPU, for a module without any)."""
     parameter = next(module.parameters(), None)
-    return parameter.device if parameter is not None else default
+    return parameter.device if parameter is not None else (default or torch.device("cpu"))
 
 
 @dataclass
@@ -134,16 +150,16 @@ class ProjectedPrompt:
     candidates: list[list[tuple[int, float]]]
     metric: str
     mode: str
-    text: Optional[str] = None
-    tokens: Optional[list[str]] = field(default=None, repr=False)
+    text: str | None = None
+    tokens: list[str] | None = field(default=None, repr=False)
 
 
 def project_prompt(
     peft_model: Any,
-    tokenizer: Optional[Any] = None,
+    tokenizer: Any | None = None,
     top_k: int = 1,
-    metric: Optional[str] = None,
-    adapter_name: Optional[str] = None,
+    metric: str | None = None,
+    adapter_name: str | None = None,
 ) -> ProjectedPrompt:
     """Read a SOFTHARD adapter's prompt as its nearest tokens.
 
@@ -175,7 +191,7 @@ def project_prompt(
         top_k=top_k,
         chunk_size=config.projection_chunk_size,
     )
-    candidates = [list(zip(row_ids, row_scores)) for row_ids, row_scores in zip(ids.tolist(), scores.tolist())]
+    candidates = [list(zip(i, s, strict=True)) for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
     if config.is_hard:
         token_ids = encoder.current_token_ids().tolist()
         in_use = torch.tensor(token_ids, device=vectors.device)

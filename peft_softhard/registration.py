@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 SUPPORTED_PEFT = ">=0.21,<0.22"
 PEFT_TYPE_NAME = "SOFTHARD"
+# peft warns when an adapter name is a substring of the method's key prefix; "softhard_" would catch the
+# natural names "soft" and "hard". No key of our state dict starts with this prefix, so peft renames none.
+KEY_PREFIX = "shvt_"
 
 
 def _require_peft_symbols() -> None:
@@ -35,7 +39,7 @@ def _require_peft_symbols() -> None:
             PeftModelForSeq2SeqLM: ("forward", "generate"),
             BasePromptEncoder: ("_get_adapter_state_dict", "_load_adapter_state_dict"),
         }
-        missing = [f"{cls.__name__}.{name}" for cls, names in needed.items() for name in names if not hasattr(cls, name)]
+        missing = [f"{cls.__name__}.{name}" for cls, names in needed.items() for name in names if name not in vars(cls)]
         if missing:
             problem = f"missing {', '.join(missing)}"
         if not hasattr(PeftType, "_member_map_"):
@@ -197,5 +201,7 @@ def register() -> None:
         from .config import SoftHardConfig
         from .encoder import SoftHardPromptEncoder
 
-        register_peft_method(name=PEFT_TYPE_NAME.lower(), config_cls=SoftHardConfig, model_cls=SoftHardPromptEncoder)
+        register_peft_method(
+            name=PEFT_TYPE_NAME.lower(), config_cls=SoftHardConfig, model_cls=SoftHardPromptEncoder, prefix=KEY_PREFIX
+        )
     _patch_peft_model()

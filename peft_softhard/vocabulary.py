@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Optional
 
 import torch
 
@@ -34,7 +33,7 @@ def special_token_ids(model_config: object) -> set[int]:
 def allowed_token_mask(
     config: SoftHardConfig,
     vocab_size: int,
-    tokenizer: Optional[object] = None,
+    tokenizer: object | None = None,
     model_special_ids: Iterable[int] = (),
 ) -> torch.Tensor:
     """Boolean mask over the embedding rows: True where the config's constraints allow the token.

@@ -1,0 +1,91 @@
+"""Tiny random models built in code, for tests and quick experiments that must not touch the hub.
+
+Example:
+    ```py
+    >>> from peft_softhard.testing import build, tiny_gemma3
+    >>> model = build(tiny_gemma3)  # seeded, in eval mode
+    ```
+"""
+
+from __future__ import annotations
+
+import torch
+import transformers
+
+SMALL_VOCAB = 1000
+
+
+def tiny_gpt2(hidden: int = 32, vocab: int = 50257) -> transformers.PreTrainedModel:
+    """GPT-2 with the real 50,257-token vocabulary and tied input/output embeddings."""
+    config = transformers.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=2, n_head=2, n_positions=128)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def tiny_llama(vocab: int = SMALL_VOCAB, initializer_range: float = 0.02) -> transformers.PreTrainedModel:
+    """Llama with untied embeddings. A larger `initializer_range` gives a model whose output a prompt can steer
+    (at 0.02 a random tiny model predicts nearly uniformly, whatever its input)."""
+    config = transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        initializer_range=initializer_range,
+    )
+    return transformers.LlamaForCausalLM(config)
+
+
+def tiny_gemma3() -> transformers.PreTrainedModel:
+    """Gemma3 text model: its embedding module multiplies by sqrt(hidden_size)."""
+    config = transformers.Gemma3TextConfig(
+        vocab_size=SMALL_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=128, sliding_window=16,
+        bos_token_id=2, eos_token_id=1, pad_token_id=0,
+    )
+    return transformers.Gemma3ForCausalLM(config)
+
+
+def _bert_config(num_labels: int = 2) -> transformers.BertConfig:
+    return transformers.BertConfig(
+        vocab_size=SMALL_VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=128, num_labels=num_labels, pad_token_id=0,
+    )
+
+
+def tiny_bert_seq_cls() -> transformers.PreTrainedModel:
+    return transformers.BertForSequenceClassification(_bert_config())
+
+
+def tiny_bert_token_cls() -> transformers.PreTrainedModel:
+    return transformers.BertForTokenClassification(_bert_config(num_labels=3))
+
+
+def tiny_bert() -> transformers.PreTrainedModel:
+    return transformers.BertModel(_bert_config())
+
+
+def tiny_t5() -> transformers.PreTrainedModel:
+    config = transformers.T5Config(
+        vocab_size=SMALL_VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )
+    return transformers.T5ForConditionalGeneration(config)
+
+
+# task type -> (factory, AutoModel class used to reload it from disk)
+CAUSAL_MODELS = {"gpt2": tiny_gpt2, "llama": tiny_llama, "gemma3": tiny_gemma3}
+TASK_MODELS = {
+    "CAUSAL_LM": (tiny_llama, transformers.AutoModelForCausalLM),
+    "SEQ_2_SEQ_LM": (tiny_t5, transformers.AutoModelForSeq2SeqLM),
+    "SEQ_CLS": (tiny_bert_seq_cls, transformers.AutoModelForSequenceClassification),
+    "TOKEN_CLS": (tiny_bert_token_cls, transformers.AutoModelForTokenClassification),
+    "FEATURE_EXTRACTION": (tiny_bert, transformers.AutoModel),
+}
+
+
+def build(factory, seed: int = 0) -> transformers.PreTrainedModel:
+    torch.manual_seed(seed)
+    return factory().eval()
+
+
+def random_batch(batch: int = 2, length: int = 7, vocab: int = SMALL_VOCAB, seed: int = 1) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, vocab, (batch, length), generator=generator)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
