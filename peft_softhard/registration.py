@@ -93,7 +93,12 @@ def _setup_softhard_encoder(peft_model: Any, adapter_name: str) -> None:
         if isinstance(module, PreTrainedModel) and not hasattr(peft_model, "transformer_backbone_name"):
             peft_model.transformer_backbone_name = name
 
-    word_embeddings = base.get_input_embeddings()
+    word_embeddings = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
+    if not isinstance(word_embeddings, torch.nn.Module):
+        raise ValueError(
+            f"{type(base).__name__} exposes no input-embedding module through get_input_embeddings(); SOFTHARD "
+            "needs one to embed the prompt's tokens. Use a transformers model (or implement that method)."
+        )
     embedding_dim = word_embeddings(torch.zeros(1, dtype=torch.long, device=module_device(word_embeddings))).shape[-1]
     vocab_size = vocabulary_size(word_embeddings)
     if config.inference_mode and config.token_dim is not None and config.token_dim != embedding_dim:

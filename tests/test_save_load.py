@@ -148,10 +148,16 @@ def test_weights_of_the_wrong_shape_are_refused(tmp_path):
         PeftModel.from_pretrained(build(tiny_llama), tmp_path)
 
 
+@pytest.mark.parametrize("task_type", ["CAUSAL_LM", "SEQ_CLS"])
 @pytest.mark.parametrize("mode", ["soft", "hard"])
-def test_export_to_prompt_tuning_loads_in_stock_peft_without_the_plugin(tmp_path, saved_models, mode):
-    base = TASK_MODELS["CAUSAL_LM"][1].from_pretrained(saved_models["CAUSAL_LM"]).eval()
-    model = make(base, mode).eval()
+def test_export_to_prompt_tuning_loads_in_stock_peft_without_the_plugin(tmp_path, saved_models, mode, task_type):
+    base = TASK_MODELS[task_type][1].from_pretrained(saved_models[task_type]).eval()
+    model = make(base, mode, task_type=task_type).eval()
+    if task_type == "SEQ_CLS":  # a trained head must travel with the prompt
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "modules_to_save" in name:
+                    parameter.add_(0.5)
     export_prompt_tuning(model, tmp_path / "plain")
     batch = random_batch()
     expected = outputs(model, batch)
@@ -159,8 +165,8 @@ def test_export_to_prompt_tuning_loads_in_stock_peft_without_the_plugin(tmp_path
 
     code = f"""
         import sys, torch
-        from peft import AutoPeftModelForCausalLM
-        model = AutoPeftModelForCausalLM.from_pretrained({str(tmp_path / "plain")!r}).eval()
+        from peft import {AUTO_PEFT[task_type].__name__} as AutoPeft
+        model = AutoPeft.from_pretrained({str(tmp_path / "plain")!r}).eval()
         assert "peft_softhard" not in sys.modules
         assert model.peft_config["default"].peft_type == "PROMPT_TUNING"
         batch = torch.load({str(tmp_path / "batch.pt")!r})
@@ -174,3 +180,14 @@ def test_export_to_prompt_tuning_loads_in_stock_peft_without_the_plugin(tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert torch.equal(torch.load(tmp_path / "logits.pt"), expected)
+
+
+def test_a_model_without_input_embeddings_is_refused():
+    class NoEmbeddings(torch.nn.Module):
+        config = tiny_llama().config
+
+        def get_input_embeddings(self):
+            return None
+
+    with pytest.raises(ValueError, match="exposes no input-embedding module"):
+        make(NoEmbeddings())
