@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import SoftHardConfig
 from .projection import module_device, nearest_tokens, vocabulary_size
-from .vocabulary import allowed_token_mask
+from .vocabulary import allowed_token_mask, special_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class SoftHardPromptEncoder(BasePromptEncoder):
             referenced, not registered as a submodule, so it adds no parameters and no state-dict keys.
         model_special_ids: special token ids named by the model config, excluded when the config says so.
         tokenizer_source: where to load a tokenizer from when the config names none (the base model's path).
+        tokenizer: a tokenizer already in hand; it takes the place of any loading.
 
     Example:
         ```py
@@ -53,6 +54,7 @@ class SoftHardPromptEncoder(BasePromptEncoder):
         *,
         model_special_ids: tuple[int, ...] = (),
         tokenizer_source: str | None = None,
+        tokenizer: object | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -60,7 +62,7 @@ class SoftHardPromptEncoder(BasePromptEncoder):
         self.vocab_size = vocabulary_size(word_embeddings)
         self.model_special_ids = tuple(model_special_ids)
         self.tokenizer_source = tokenizer_source
-        self._tokenizer: object | None = None
+        self._tokenizer: object | None = tokenizer
         self._allowed_mask: torch.Tensor | None = None
         self._projection_key: tuple[int, int] | None = None
 
@@ -69,6 +71,47 @@ class SoftHardPromptEncoder(BasePromptEncoder):
         if not config.inference_mode:  # a loaded adapter gets its weights from the file instead
             with torch.no_grad():
                 self.embedding.weight.copy_(self._initial_prompt())
+
+    @classmethod
+    def for_model(
+        cls, config: SoftHardConfig, model: nn.Module, tokenizer: object | None = None
+    ) -> SoftHardPromptEncoder:
+        """Build the encoder for `model`, filling `token_dim` and `vocab_size` in the config from the model's
+        input embeddings and refusing a config that was saved for another model.
+
+        Example:
+            ```py
+            >>> config = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, mode="hard")
+            >>> encoder = SoftHardPromptEncoder.for_model(config, model)  # doctest: +SKIP
+            ```
+        """
+        word_embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        if not isinstance(word_embeddings, nn.Module):
+            raise ValueError(
+                f"{type(model).__name__} exposes no input-embedding module through get_input_embeddings(); SOFTHARD "
+                "needs one to embed the prompt's tokens. Use a transformers model (or implement that method)."
+            )
+        probe = torch.zeros(1, dtype=torch.long, device=module_device(word_embeddings))
+        embedding_dim = word_embeddings(probe).shape[-1]
+        vocab_size = vocabulary_size(word_embeddings)
+        if config.inference_mode and config.token_dim is not None and config.token_dim != embedding_dim:
+            raise ValueError(
+                f"This SOFTHARD adapter was trained for a model with hidden size {config.token_dim}; this model's "
+                f"input embeddings have size {embedding_dim}. Load it into the model it was trained for."
+            )
+        if config.vocab_size is not None and config.vocab_size != vocab_size:
+            raise ValueError(
+                f"This SOFTHARD adapter was trained for a vocabulary of {config.vocab_size} tokens; this model has "
+                f"{vocab_size}. Load it into the model it was trained for."
+            )
+        config.token_dim, config.vocab_size = embedding_dim, vocab_size
+        return cls(
+            config,
+            word_embeddings,
+            model_special_ids=tuple(special_token_ids(model.config)) if hasattr(model, "config") else (),
+            tokenizer_source=getattr(model, "name_or_path", None) or None,
+            tokenizer=tokenizer,
+        )
 
     # ----------------------------------------------------------------------------------------------- the prompt
     def prompt_embeddings(self) -> torch.Tensor:

@@ -80,10 +80,7 @@ def _setup_softhard_encoder(peft_model: Any, adapter_name: str) -> None:
     from transformers import PreTrainedModel
 
     from .encoder import SoftHardPromptEncoder
-    from .projection import module_device, vocabulary_size
-    from .vocabulary import special_token_ids
 
-    config = peft_model.peft_config[adapter_name]
     base = peft_model.base_model
     if not hasattr(peft_model, "prompt_encoder"):
         peft_model.prompt_encoder = torch.nn.ModuleDict({})
@@ -93,33 +90,9 @@ def _setup_softhard_encoder(peft_model: Any, adapter_name: str) -> None:
         if isinstance(module, PreTrainedModel) and not hasattr(peft_model, "transformer_backbone_name"):
             peft_model.transformer_backbone_name = name
 
-    word_embeddings = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
-    if not isinstance(word_embeddings, torch.nn.Module):
-        raise ValueError(
-            f"{type(base).__name__} exposes no input-embedding module through get_input_embeddings(); SOFTHARD "
-            "needs one to embed the prompt's tokens. Use a transformers model (or implement that method)."
-        )
-    embedding_dim = word_embeddings(torch.zeros(1, dtype=torch.long, device=module_device(word_embeddings))).shape[-1]
-    vocab_size = vocabulary_size(word_embeddings)
-    if config.inference_mode and config.token_dim is not None and config.token_dim != embedding_dim:
-        raise ValueError(
-            f"This SOFTHARD adapter was trained for a model with hidden size {config.token_dim}; this model's input "
-            f"embeddings have size {embedding_dim}. Load it into the model it was trained for."
-        )
-    if config.vocab_size is not None and config.vocab_size != vocab_size:
-        raise ValueError(
-            f"This SOFTHARD adapter was trained for a vocabulary of {config.vocab_size} tokens; this model has "
-            f"{vocab_size}. Load it into the model it was trained for."
-        )
-    config.token_dim, config.vocab_size = embedding_dim, vocab_size
-
-    peft_model.word_embeddings = word_embeddings
-    encoder = SoftHardPromptEncoder(
-        config,
-        word_embeddings,
-        model_special_ids=tuple(special_token_ids(base.config)),
-        tokenizer_source=getattr(base, "name_or_path", None) or None,
-    )
+    config = peft_model.peft_config[adapter_name]
+    encoder = SoftHardPromptEncoder.for_model(config, base)
+    peft_model.word_embeddings = encoder.word_embeddings
     peft_model.prompt_encoder.update(torch.nn.ModuleDict({adapter_name: encoder.to(peft_model.device)}))
     peft_model.prompt_tokens[adapter_name] = torch.arange(config.num_virtual_tokens).long()
 
