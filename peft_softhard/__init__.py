@@ -15,15 +15,31 @@ from .registration import register
 register()
 
 from .config import SoftHardConfig  # noqa: E402
+from .discovery import DiscoveryConfig, DiscoveryResult, run  # noqa: E402
 from .encoder import SoftHardPromptEncoder  # noqa: E402
 from .export import export_prompt_tuning  # noqa: E402
-from .projection import ProjectedPrompt, nearest_tokens, project_prompt  # noqa: E402
+from .interpretation import (  # noqa: E402
+    ProjectedPrompt,
+    WaywardnessReport,
+    project_prompt,
+    to_hard_adapter,
+    waywardness,
+)
+from .objectives import ClassificationObjective, TargetTextObjective  # noqa: E402
+from .projection import nearest_tokens  # noqa: E402
 from .resume import load_for_training  # noqa: E402
+from .trainer_callback import BestHardPromptCallback  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BestHardPromptCallback",
+    "ClassificationObjective",
+    "DiscoveryConfig",
+    "DiscoveryResult",
     "ProjectedPrompt",
+    "TargetTextObjective",
+    "WaywardnessReport",
     "SoftHardConfig",
     "SoftHardPromptEncoder",
     "export_prompt_tuning",
@@ -31,4 +47,7 @@ __all__ = [
     "nearest_tokens",
     "project_prompt",
     "register",
+    "run",
+    "to_hard_adapter",
+    "waywardness",
 ]

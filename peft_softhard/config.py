@@ -63,6 +63,13 @@ class SoftHardConfig(PromptLearningConfig):
     word_start_only: bool = field(
         default=False, metadata={"help": "Allow only tokens that begin a word (a leading space or '▁')."}
     )
+    round_trip_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow only tokens that come back as themselves when decoded and re-encoded alone; with "
+            "word_start_only it makes a discovered prompt's text re-tokenize to the same ids."
+        },
+    )
     allowed_token_ids: list[int] | None = field(
         default=None, metadata={"help": "If set, only these token ids may be projected to."}
     )
@@ -88,7 +95,7 @@ class SoftHardConfig(PromptLearningConfig):
         for name in ("token_dim", "vocab_size", "projection_chunk_size"):
             if getattr(self, name) is not None:
                 _require_positive_int(name, getattr(self, name), "or leave it unset")
-        for name in ("exclude_special_tokens", "ascii_only", "word_start_only", "inference_mode"):
+        for name in ("exclude_special_tokens", "ascii_only", "word_start_only", "round_trip_only", "inference_mode"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         if self.num_transformer_submodules not in (None, 1):

@@ -64,7 +64,9 @@ class SoftHardPromptEncoder(BasePromptEncoder):
         self.tokenizer_source = tokenizer_source
         self._tokenizer: object | None = tokenizer
         self._allowed_mask: torch.Tensor | None = None
-        self._projection_key: tuple[int, int] | None = None
+        # The P that `token_ids` is the projection of. Compared by value: optimisers may update P in place
+        # without bumping its version counter (fused AdamW does), so nothing cheaper is reliable.
+        self._projected_from: torch.Tensor | None = None
 
         self.embedding = nn.Embedding(config.num_virtual_tokens, config.token_dim)
         self.register_buffer("token_ids", torch.zeros(config.num_virtual_tokens, dtype=torch.long), persistent=False)
@@ -132,9 +134,8 @@ class SoftHardPromptEncoder(BasePromptEncoder):
 
     def current_token_ids(self) -> torch.Tensor:
         """Hard mode: the nearest allowed token of each row of P, recomputed only when P has changed."""
-        prompt = self.embedding.weight
-        key = (prompt.data_ptr(), prompt._version)
-        if key != self._projection_key:
+        prompt = self.embedding.weight.detach()
+        if not self._is_projection_of(prompt):
             ids, _ = nearest_tokens(
                 prompt,
                 self.word_embeddings,
@@ -143,8 +144,26 @@ class SoftHardPromptEncoder(BasePromptEncoder):
                 chunk_size=self.config.projection_chunk_size,
             )
             self.token_ids.copy_(ids[:, 0])
-            self._projection_key = (prompt.data_ptr(), prompt._version)
+            self._projected_from = prompt.clone()
         return self.token_ids
+
+    def _is_projection_of(self, prompt: torch.Tensor) -> bool:
+        known = self._projected_from
+        return known is not None and known.device == prompt.device and torch.equal(known, prompt)
+
+    @torch.no_grad()
+    def set_token_ids(self, token_ids: torch.Tensor) -> None:
+        """Make the prompt exactly these tokens: P becomes their embeddings and they are the tokens in use
+        (even where a duplicate embedding row would project to another id)."""
+        token_ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.token_ids.device)
+        if token_ids.shape != self.token_ids.shape:
+            raise ValueError(f"Expected {self.token_ids.numel()} token ids, got {tuple(token_ids.shape)}.")
+        if token_ids.min() < 0 or token_ids.max() >= self.vocab_size:
+            raise ValueError(f"Token ids must lie in [0, {self.vocab_size}), got {token_ids.tolist()}.")
+        weight = self.embedding.weight
+        weight.copy_(self.word_embeddings(token_ids.to(module_device(self.word_embeddings))).to(weight))
+        self.token_ids.copy_(token_ids)
+        self._projected_from = weight.detach().clone()
 
     # ----------------------------------------------------------------------------------------- the vocabulary
     def allowed_token_ids(self) -> torch.Tensor:
@@ -258,8 +277,7 @@ class SoftHardPromptEncoder(BasePromptEncoder):
         if ALLOWED_KEY in state_dict:
             self._allowed_mask = state_dict[ALLOWED_KEY].to(torch.bool).cpu().clone()
         if self.config.is_hard:  # the saved ids are the projection of the saved P: use them as they are
-            weight = self.embedding.weight
-            self._projection_key = (weight.data_ptr(), weight._version)
+            self._projected_from = self.embedding.weight.detach().clone()
 
     def _check_adapter_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         n, d = self.config.num_virtual_tokens, self.config.token_dim

@@ -12,9 +12,6 @@ chunk size: chunking changes the memory used, never a result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -54,7 +51,7 @@ def distance(vectors: torch.Tensor, candidates: torch.Tensor, metric: str) -> to
     e = candidates.to(torch.float64)
     if metric == "cosine":
         cos = (q * e).sum(-1) / (q.norm(dim=-1) * e.norm(dim=-1)).clamp_min(_EPS)
-        return 1 - cos
+        return (1 - cos).clamp_min(0)
     return (q - e).norm(dim=-1)
 
 
@@ -135,73 +132,3 @@ def module_device(module: nn.Module, default: torch.device | None = None) -> tor
     """Device of a module's parameters (`default`, else the CPU, for a module without any)."""
     parameter = next(module.parameters(), None)
     return parameter.device if parameter is not None else (default or torch.device("cpu"))
-
-
-@dataclass
-class ProjectedPrompt:
-    """A prompt read as tokens: one nearest token per virtual position, with its top-k neighbours.
-
-    `token_ids[i]` is the token position i is read as (for a hard prompt: exactly the token in use);
-    `candidates[i]` lists the `top_k` nearest tokens as (id, similarity), best first.
-    """
-
-    token_ids: list[int]
-    similarities: list[float]
-    candidates: list[list[tuple[int, float]]]
-    metric: str
-    mode: str
-    text: str | None = None
-    tokens: list[str] | None = field(default=None, repr=False)
-
-
-def project_prompt(
-    peft_model: Any,
-    tokenizer: Any | None = None,
-    top_k: int = 1,
-    metric: str | None = None,
-    adapter_name: str | None = None,
-) -> ProjectedPrompt:
-    """Read a SOFTHARD adapter's prompt as its nearest tokens.
-
-    For a hard prompt the token ids are exactly those the model is fed; for a soft prompt they are the
-    nearest allowed tokens of each vector under `metric` (default: the adapter's own). Similarities are
-    under `metric` (cosine and dot: higher is closer; l2: minus the Euclidean distance).
-
-    Example:
-        ```py
-        >>> reading = project_prompt(peft_model, tokenizer, top_k=3)  # doctest: +SKIP
-        >>> reading.token_ids, reading.text                          # doctest: +SKIP
-        ```
-    """
-    adapter_name = adapter_name or peft_model.active_adapter
-    config = peft_model.peft_config[adapter_name]
-    if getattr(config, "peft_type", None) != "SOFTHARD":
-        raise ValueError(
-            f"project_prompt reads SOFTHARD adapters; adapter {adapter_name!r} is {config.peft_type}. "
-            "Create the model with SoftHardConfig."
-        )
-    encoder = peft_model.prompt_encoder[adapter_name]
-    metric = metric or config.metric
-    vectors = encoder.embedding.weight.detach()
-    ids, scores = nearest_tokens(
-        vectors,
-        encoder.word_embeddings,
-        encoder.allowed_token_ids().to(vectors.device),
-        metric=metric,
-        top_k=top_k,
-        chunk_size=config.projection_chunk_size,
-    )
-    candidates = [list(zip(i, s, strict=True)) for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
-    if config.is_hard:
-        token_ids = encoder.current_token_ids().tolist()
-        in_use = torch.tensor(token_ids, device=vectors.device)
-        similarities = similarity(vectors, encoder.word_embeddings(in_use), metric).diagonal().tolist()
-    else:
-        token_ids, similarities = ids[:, 0].tolist(), scores[:, 0].tolist()
-
-    tokenizer = tokenizer if tokenizer is not None else encoder.tokenizer()
-    text = tokens = None
-    if tokenizer is not None:
-        text = tokenizer.decode(token_ids)
-        tokens = tokenizer.convert_ids_to_tokens(token_ids)
-    return ProjectedPrompt(token_ids, similarities, candidates, metric, config.mode, text, tokens)

@@ -15,9 +15,11 @@ import transformers
 SMALL_VOCAB = 1000
 
 
-def tiny_gpt2(hidden: int = 32, vocab: int = 50257) -> transformers.PreTrainedModel:
+def tiny_gpt2(hidden: int = 32, vocab: int = 50257, initializer_range: float = 0.02) -> transformers.PreTrainedModel:
     """GPT-2 with the real 50,257-token vocabulary and tied input/output embeddings."""
-    config = transformers.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=2, n_head=2, n_positions=128)
+    config = transformers.GPT2Config(
+        vocab_size=vocab, n_embd=hidden, n_layer=2, n_head=2, n_positions=128, initializer_range=initializer_range
+    )
     return transformers.GPT2LMHeadModel(config)
 
 
@@ -89,3 +91,35 @@ def random_batch(batch: int = 2, length: int = 7, vocab: int = SMALL_VOCAB, seed
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(3, vocab, (batch, length), generator=generator)
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+def bigram_llama(vocab: int = 1000, hidden: int = 32, sharpness: float = 0.5, seed: int = 0):
+    """A planted problem with a known answer: a Llama whose next token depends only on the current token.
+
+    Attention and MLP outputs are zeroed, so the residual stream is the token's embedding, and the output
+    head is set so that the most likely token after x is `successor[x]` (a random permutation). A target
+    `successor[x], successor[successor[x]], ...` is produced right after a prompt exactly when the prompt ends
+    in x. Ids 0, 1, 2 are pad, bos and eos.
+
+    Returns:
+        (model, successor) with successor a LongTensor [vocab].
+    """
+    config = transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        layer = model.model.layers[0]
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()
+        embeddings = torch.randn(vocab, hidden, generator=generator)
+        model.model.embed_tokens.weight.copy_(embeddings)
+        normed = embeddings / embeddings.pow(2).mean(-1, keepdim=True).sqrt()  # what the final RMSNorm outputs
+        successor = torch.randperm(vocab, generator=generator)
+        head = torch.empty(vocab, hidden)
+        head[successor] = sharpness * normed  # logit(successor[x] | x) = sharpness * |normed_x|^2, the largest
+        model.lm_head.weight.copy_(head)
+    return model, successor

@@ -13,6 +13,8 @@ logger = logging.getLogger(__name__)
 
 # Markers byte-level BPE (GPT-2, Llama 3, SmolLM) and SentencePiece use for "this token starts a word".
 _WORD_START_MARKERS = ("Ġ", "▁", " ")
+# Constraints that read the tokens' text, and so need a tokenizer.
+TEXT_FILTERS = ("ascii_only", "word_start_only", "round_trip_only")
 
 
 def special_token_ids(model_config: object) -> set[int]:
@@ -50,7 +52,7 @@ def allowed_token_mask(
         _check_in_range("denied_token_ids", config.denied_token_ids, vocab_size)
         mask[torch.tensor(config.denied_token_ids, dtype=torch.long)] = False
 
-    needs_tokenizer = [name for name in ("ascii_only", "word_start_only") if getattr(config, name)]
+    needs_tokenizer = [name for name in TEXT_FILTERS if getattr(config, name)]
     if needs_tokenizer and tokenizer is None:
         raise ValueError(
             f"{' and '.join(needs_tokenizer)} need a tokenizer to read the tokens: set tokenizer_name_or_path in "
@@ -67,9 +69,8 @@ def allowed_token_mask(
         mask[real_tokens:] = False
         if needs_tokenizer:
             candidates = mask.nonzero().flatten().tolist()
-            keep = [i for i in candidates if _passes_text_filters(tokenizer, i, config)]
             mask[:] = False
-            mask[keep] = True
+            mask[_pass_text_filters(tokenizer, candidates, config)] = True
 
     if not mask.any():
         raise ValueError(
@@ -80,15 +81,22 @@ def allowed_token_mask(
     return mask
 
 
-def _passes_text_filters(tokenizer: object, token_id: int, config: SoftHardConfig) -> bool:
-    text = tokenizer.decode([token_id])
-    if config.ascii_only and not (text and text.isascii() and text.isprintable()):
-        return False
+def _pass_text_filters(tokenizer: object, ids: list[int], config: SoftHardConfig) -> list[int]:
+    """The ids whose text passes ascii_only / word_start_only / round_trip_only (one batched pass each)."""
+    texts = tokenizer.batch_decode([[i] for i in ids])
+    keep = [True] * len(ids)
+    if config.ascii_only:
+        keep = [k and bool(t) and t.isascii() and t.isprintable() for k, t in zip(keep, texts, strict=True)]
     if config.word_start_only:
-        piece = tokenizer.convert_ids_to_tokens(token_id) or ""
-        if not piece.startswith(_WORD_START_MARKERS) or len(piece) < 2:
-            return False
-    return True
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        keep = [
+            k and bool(p) and p.startswith(_WORD_START_MARKERS) and len(p) > 1
+            for k, p in zip(keep, pieces, strict=True)
+        ]
+    if config.round_trip_only:
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        keep = [k and e == [i] for k, e, i in zip(keep, encoded, ids, strict=True)]
+    return [i for i, k in zip(ids, keep, strict=True) if k]
 
 
 def _check_in_range(name: str, ids: list[int], vocab_size: int) -> None:

@@ -7,7 +7,7 @@ import torch
 from peft import get_peft_model
 from safetensors.torch import load_file
 
-from peft_softhard import SoftHardConfig
+from peft_softhard import SoftHardConfig, nearest_tokens
 from peft_softhard.testing import TASK_MODELS, build, random_batch, tiny_gpt2, tiny_llama
 
 
@@ -106,6 +106,10 @@ def test_hugging_face_trainer_trains_and_saves_a_hard_prompt(tmp_path):
     assert not torch.equal(start, encoder.embedding.weight.detach())
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    # whatever the optimiser (the Trainer's default is fused AdamW), the tokens in use are P's projection now
+    fresh, _ = nearest_tokens(encoder.embedding.weight.detach(), model.get_input_embeddings(),
+                              encoder.allowed_token_ids(), metric="cosine")
+    assert torch.equal(encoder.current_token_ids(), fresh[:, 0])
     saved = load_file(tmp_path / "checkpoint-4" / "adapter_model.safetensors")
     assert torch.equal(saved["token_ids"], encoder.current_token_ids())
     assert torch.equal(saved["continuous_prompt"], encoder.embedding.weight.detach())

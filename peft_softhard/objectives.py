@@ -1,0 +1,275 @@
+"""Objectives for prompt discovery on a causal LM: what a prompt, prepended to every input, should achieve.
+
+An objective turns a prompt into numbers, three ways:
+- `loss(model, prompt_embeds, indices)`: differentiable training loss of one prompt given as vectors
+  ([n, d], what the model sees) on the training examples `indices` — gradient methods (PEZ, projected SGD,
+  and GCG's token ranking) use it;
+- `candidate_losses(model, prompt_ids, indices)`: the same loss for many token prompts at once ([C, n]),
+  without gradients — GCG scores its candidate swaps with it;
+- `score(model, prompt)`: how good one prompt (token ids, or vectors for a soft prompt) is on the held-out
+  examples (higher is better), or minus its loss on all training examples when there are none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .projection import module_device
+
+# Rows (prompt x example x label word) per forward pass when scoring without gradients.
+DEFAULT_EVAL_ROWS = 64
+
+
+@dataclass
+class _Rows:
+    """Token rows that follow the prompt, right-padded, with the positions whose tokens are scored."""
+
+    input_ids: torch.Tensor  # [R, L]
+    attention_mask: torch.Tensor  # [R, L]
+    target_mask: torch.Tensor  # [R, L] True where the token is a target (its log-probability is summed)
+
+
+def _pad_rows(rows: Sequence[Sequence[int]], targets: Sequence[Sequence[bool]], pad_id: int) -> _Rows:
+    length = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    target_mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    for i, (row, target) in enumerate(zip(rows, targets, strict=True)):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        attention_mask[i, : len(row)] = 1
+        target_mask[i, : len(row)] = torch.tensor(target)
+    return _Rows(input_ids, attention_mask, target_mask)
+
+
+def _row_logits(model: nn.Module, prompt_embeds: torch.Tensor, rows: _Rows) -> torch.Tensor:
+    """[R, L, V] logits predicting each row token after the prompt ([n, d] shared, or [R, n, d] per row).
+
+    Right padding keeps every real token at the position it has alone, so a row's result does not depend on
+    the batch it is in.
+    """
+    device = module_device(model)
+    input_ids = rows.input_ids.to(device)
+    row_embeds = _embed_ids(model, input_ids)
+    if prompt_embeds.dim() == 2:
+        prompt_embeds = prompt_embeds.unsqueeze(0).expand(input_ids.shape[0], -1, -1)
+    prompt_embeds = prompt_embeds.to(device=device, dtype=row_embeds.dtype)
+    n = prompt_embeds.shape[1]
+    prompt_mask = torch.ones(input_ids.shape[0], n, dtype=torch.long, device=device)
+    mask = torch.cat([prompt_mask, rows.attention_mask.to(device)], 1)
+    logits = model(inputs_embeds=torch.cat([prompt_embeds, row_embeds], dim=1), attention_mask=mask).logits
+    return logits[:, n - 1 : n - 1 + input_ids.shape[1]]  # the token at row position t is predicted at n + t - 1
+
+
+def target_log_probs(model: nn.Module, prompt_embeds: torch.Tensor, rows: _Rows) -> torch.Tensor:
+    """[R] sum of log-probabilities of each row's target tokens after the prompt."""
+    log_probs = _row_logits(model, prompt_embeds, rows).float().log_softmax(-1)
+    device = log_probs.device
+    token_log_probs = log_probs.gather(-1, rows.input_ids.to(device).unsqueeze(-1)).squeeze(-1)
+    return (token_log_probs * rows.target_mask.to(device)).sum(-1)
+
+
+@torch.no_grad()
+def candidate_target_log_probs(
+    model: nn.Module, prompts: torch.Tensor, rows: _Rows, max_rows: int = DEFAULT_EVAL_ROWS
+) -> torch.Tensor:
+    """[C, R] target log-probabilities of every row after each of C prompts ([C, n] ids or [C, n, d] vectors),
+    `max_rows` rows a forward."""
+    prompts = as_prompt_embeds(model, prompts)
+    num_rows = rows.input_ids.shape[0]
+    results = []
+    for start in range(0, prompts.shape[0] * num_rows, max_rows):
+        flat = torch.arange(start, min(start + max_rows, prompts.shape[0] * num_rows))
+        row = flat % num_rows
+        length = int(rows.attention_mask[row].sum(1).max())  # drop columns that are padding in this chunk
+        chunk = _Rows(rows.input_ids[row, :length], rows.attention_mask[row, :length], rows.target_mask[row, :length])
+        results.append(target_log_probs(model, prompts[flat // num_rows], chunk))
+    return torch.cat(results).view(prompts.shape[0], num_rows)
+
+
+def _embed_ids(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    embed = model.get_input_embeddings()
+    return embed(ids.to(module_device(embed)))
+
+
+def as_prompt_embeds(model: nn.Module, prompt: torch.Tensor) -> torch.Tensor:
+    """A prompt as the vectors the model sees: token ids are embedded by the model, vectors pass through."""
+    return prompt if prompt.is_floating_point() else _embed_ids(model, prompt)
+
+
+class Objective:
+    """What a prompt should achieve; see the module docstring for the three methods."""
+
+    num_train: int
+    has_held_out: bool
+
+    def loss(self, model: nn.Module, prompt_embeds: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def candidate_losses(
+        self, model: nn.Module, prompt_ids: torch.Tensor, indices: Sequence[int], max_rows: int = DEFAULT_EVAL_ROWS
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, model: nn.Module, prompt: torch.Tensor) -> float:
+        """Held-out quality of one prompt: token ids [n] or vectors [n, d] (a soft prompt); higher is better."""
+        raise NotImplementedError
+
+
+class ClassificationObjective(Objective):
+    """Classify texts with a causal LM through a template and label words (a verbalizer).
+
+    Each example reads `<prompt>` + `template.format(text=...)`, and class c scores the summed log-probability
+    of all tokens of `label_words[c]` after it (a label word may be several tokens). The loss is the
+    cross-entropy over classes; the score is accuracy.
+
+    Example:
+        ```py
+        >>> objective = ClassificationObjective(
+        ...     tokenizer, texts, labels, template=" {text} It was", label_words=[" bad", " good"],
+        ...     held_out_texts=dev_texts, held_out_labels=dev_labels)  # doctest: +SKIP
+        ```
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        texts: Sequence[str],
+        labels: Sequence[int],
+        *,
+        template: str = "{text}",
+        label_words: Sequence[str],
+        held_out_texts: Sequence[str] | None = None,
+        held_out_labels: Sequence[int] | None = None,
+    ) -> None:
+        if "{text}" not in template:
+            raise ValueError(f"The template must contain '{{text}}', got {template!r}.")
+        self.tokenizer = tokenizer
+        self.label_ids = [tokenizer(word, add_special_tokens=False)["input_ids"] for word in label_words]
+        empty = [word for word, ids in zip(label_words, self.label_ids, strict=True) if not ids]
+        if empty:
+            raise ValueError(f"Label words {empty} tokenise to nothing; choose words the tokenizer can encode.")
+        if len(set(map(tuple, self.label_ids))) < len(self.label_ids):
+            raise ValueError(f"Label words {list(label_words)} tokenise to the same ids; make them distinct.")
+        self.train = self._encode(texts, labels, template)
+        self.held_out = self._encode(held_out_texts, held_out_labels, template) if held_out_texts else None
+        self.num_train = len(self.train[0])
+        self.has_held_out = self.held_out is not None
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def _encode(self, texts, labels, template) -> tuple[list[list[int]], list[int]]:
+        if texts is None or labels is None or len(texts) != len(labels) or not len(texts):
+            raise ValueError("Give texts and labels of the same, non-zero length.")
+        bad = sorted({label for label in labels if not 0 <= label < len(self.label_ids)})
+        if bad:
+            raise ValueError(f"Labels {bad} have no label word ({len(self.label_ids)} label words given).")
+        encoded = [self.tokenizer(template.format(text=t), add_special_tokens=False)["input_ids"] for t in texts]
+        return encoded, list(labels)
+
+    def _rows(self, examples: list[list[int]]) -> _Rows:
+        rows, targets = [], []
+        for text_ids in examples:
+            for word in self.label_ids:
+                rows.append(text_ids + word)
+                targets.append([False] * len(text_ids) + [True] * len(word))
+        return _pad_rows(rows, targets, self.pad_id)
+
+    def _class_log_probs(self, model, prompt_embeds, examples) -> torch.Tensor:
+        """[examples, classes] log-probabilities of every label word after one prompt [n, d]."""
+        return target_log_probs(model, prompt_embeds, self._rows(examples)).view(len(examples), len(self.label_ids))
+
+    def loss(self, model, prompt_embeds, indices):
+        examples = [self.train[0][i] for i in indices]
+        labels = torch.tensor([self.train[1][i] for i in indices], device=module_device(model))
+        return F.cross_entropy(self._class_log_probs(model, prompt_embeds, examples), labels)
+
+    def _candidate_class_log_probs(self, model, prompts, examples, max_rows) -> torch.Tensor:
+        """[C, examples, classes] for C token prompts."""
+        log_probs = candidate_target_log_probs(model, prompts, self._rows(examples), max_rows)
+        return log_probs.view(prompts.shape[0], len(examples), len(self.label_ids))
+
+    def candidate_losses(self, model, prompts, indices, max_rows=DEFAULT_EVAL_ROWS):
+        examples = [self.train[0][i] for i in indices]
+        labels = torch.tensor([self.train[1][i] for i in indices], device=module_device(model))
+        log_probs = self._candidate_class_log_probs(model, prompts, examples, max_rows)
+        classes = log_probs.shape[-1]
+        losses = F.cross_entropy(log_probs.reshape(-1, classes), labels.repeat(prompts.shape[0]), reduction="none")
+        return losses.view(prompts.shape[0], len(examples)).mean(1)
+
+    def accuracy(self, model, prompt: torch.Tensor, split: str = "held_out") -> float:
+        """Accuracy of one prompt (ids [n] or vectors [n, d]) on the held-out (or "train") examples."""
+        examples, labels = self.held_out if split == "held_out" else self.train
+        predictions = self._candidate_class_log_probs(model, prompt[None], examples, DEFAULT_EVAL_ROWS)[0]
+        return (predictions.argmax(-1).cpu() == torch.tensor(labels)).float().mean().item()
+
+    def score(self, model, prompt):
+        if self.has_held_out:
+            return self.accuracy(model, prompt)
+        return -self.candidate_losses(model, prompt[None], range(self.num_train))[0].item()
+
+
+class TargetTextObjective(Objective):
+    """Find a prompt after which the model produces `target` (optionally after each of several prefixes).
+    Target and prefixes are text, or token ids for a model without a tokenizer.
+
+    The loss is the cross-entropy of the target's tokens; the score is the share of target tokens that greedy
+    decoding gets right (teacher-forced), so 1.0 means the model generates exactly the target.
+
+    Example:
+        ```py
+        >>> objective = TargetTextObjective(tokenizer, target=" Paris is lovely")  # doctest: +SKIP
+        ```
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        target: str | Sequence[int],
+        prefixes: Sequence[str | Sequence[int]] = ("",),
+        held_out_prefixes: Sequence[str | Sequence[int]] | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.target_ids = self._encode(target)
+        if not self.target_ids:
+            raise ValueError(f"The target {target!r} tokenises to nothing.")
+        if not prefixes:
+            raise ValueError("Give at least one prefix (the empty string puts the target right after the prompt).")
+        self.train = [self._encode(prefix) for prefix in prefixes]
+        self.held_out = [self._encode(prefix) for prefix in held_out_prefixes] if held_out_prefixes else None
+        self.num_train = len(self.train)
+        self.has_held_out = self.held_out is not None
+        self.pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+
+    def _encode(self, text: str | Sequence[int]) -> list[int]:
+        """Text through the tokenizer; a sequence of ids as it is (for models without a tokenizer)."""
+        if not isinstance(text, str):
+            return [int(i) for i in text]
+        if not text:
+            return []
+        if self.tokenizer is None:
+            raise ValueError("Give a tokenizer to use text targets and prefixes, or give token ids.")
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _rows(self, prefixes: list[list[int]]) -> _Rows:
+        rows = [prefix + self.target_ids for prefix in prefixes]
+        targets = [[False] * len(prefix) + [True] * len(self.target_ids) for prefix in prefixes]
+        return _pad_rows(rows, targets, self.pad_id)
+
+    def loss(self, model, prompt_embeds, indices):
+        prefixes = [self.train[i] for i in indices]
+        return -target_log_probs(model, prompt_embeds, self._rows(prefixes)).mean() / len(self.target_ids)
+
+    def candidate_losses(self, model, prompts, indices, max_rows=DEFAULT_EVAL_ROWS):
+        rows = self._rows([self.train[i] for i in indices])
+        return -candidate_target_log_probs(model, prompts, rows, max_rows).mean(1) / len(self.target_ids)
+
+    @torch.no_grad()
+    def score(self, model, prompt):
+        rows = self._rows(self.held_out if self.has_held_out else self.train)
+        predicted = _row_logits(model, as_prompt_embeds(model, prompt), rows).argmax(-1).cpu()
+        correct = (predicted == rows.input_ids) & rows.target_mask
+        return (correct.sum() / rows.target_mask.sum()).item()
