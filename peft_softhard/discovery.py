@@ -193,8 +193,7 @@ def _gradient_step(config, model, objective, encoder, reproject: bool) -> Callab
         task_loss = objective.loss(model, seen, indices)
         loss = task_loss
         if config.fluency_weight:
-            fluency = prompt_lm_loss(model, seen, encoder.current_token_ids())
-            loss = config.fluency_weight * fluency + (1 - config.fluency_weight) * task_loss
+            loss = _with_fluency(config, task_loss, prompt_lm_loss(model, seen, encoder.current_token_ids()))
         loss.backward()
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_([prompt], config.grad_clip)
@@ -218,9 +217,7 @@ def _gcg_step(config, model, objective, encoder) -> Callable[[list[int]], float]
         task_loss = objective.loss(model, one_hot_point, indices)
         loss = task_loss
         if config.fluency_weight:
-            loss = config.fluency_weight * prompt_lm_loss(model, one_hot_point, ids) + (
-                1 - config.fluency_weight
-            ) * task_loss
+            loss = _with_fluency(config, task_loss, prompt_lm_loss(model, one_hot_point, ids))
         (gradient,) = torch.autograd.grad(loss, one_hot_point)
         # d loss / d one_hot[i, v] = gradient[i] . E_v: the most promising swaps have the largest -gradient . E_v
         ranked, _ = nearest_tokens(-gradient, embed, allowed, metric="dot", top_k=top_k)
@@ -231,9 +228,7 @@ def _gcg_step(config, model, objective, encoder) -> Callable[[list[int]], float]
         candidates[torch.arange(config.gcg_candidates), positions] = swaps
         candidate_losses = objective.candidate_losses(model, candidates, indices)
         if config.fluency_weight:
-            candidate_losses = config.fluency_weight * prompt_lm_losses(model, candidates) + (
-                1 - config.fluency_weight
-            ) * candidate_losses
+            candidate_losses = _with_fluency(config, candidate_losses, prompt_lm_losses(model, candidates))
         encoder.set_token_ids(candidates[candidate_losses.argmin()])
         return task_loss.item()
 
@@ -250,6 +245,11 @@ def _optimizer(config: DiscoveryConfig, parameter: torch.Tensor) -> torch.optim.
 
 
 # --------------------------------------------------------------------------------------------- fluency
+def _with_fluency(config: DiscoveryConfig, task_loss: torch.Tensor, fluency_loss: torch.Tensor) -> torch.Tensor:
+    """The PEZ fluency variant: λ · (LM loss of the prompt's own tokens) + (1 − λ) · task loss."""
+    return config.fluency_weight * fluency_loss + (1 - config.fluency_weight) * task_loss
+
+
 def prompt_lm_loss(model: nn.Module, prompt_embeds: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of the prompt's own tokens (differentiable w.r.t. `prompt_embeds`)."""
     if token_ids.numel() < 2:

@@ -12,7 +12,7 @@ An objective turns a prompt into numbers, three ways:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -75,10 +75,14 @@ def target_log_probs(model: nn.Module, prompt_embeds: torch.Tensor, rows: _Rows)
 
 @torch.no_grad()
 def candidate_target_log_probs(
-    model: nn.Module, prompts: torch.Tensor, rows: _Rows, max_rows: int = DEFAULT_EVAL_ROWS
+    model: nn.Module,
+    prompts: torch.Tensor,
+    rows: _Rows,
+    max_rows: int = DEFAULT_EVAL_ROWS,
+    reduce: Callable[[nn.Module, torch.Tensor, _Rows], torch.Tensor] = target_log_probs,
 ) -> torch.Tensor:
-    """[C, R] target log-probabilities of every row after each of C prompts ([C, n] ids or [C, n, d] vectors),
-    `max_rows` rows a forward."""
+    """[C, R, ...] `reduce` (default: target log-probabilities) of every row after each of C prompts
+    ([C, n] ids or [C, n, d] vectors), `max_rows` rows a forward."""
     prompts = as_prompt_embeds(model, prompts)
     num_rows = rows.input_ids.shape[0]
     results = []
@@ -87,8 +91,9 @@ def candidate_target_log_probs(
         row = flat % num_rows
         length = int(rows.attention_mask[row].sum(1).max())  # drop columns that are padding in this chunk
         chunk = _Rows(rows.input_ids[row, :length], rows.attention_mask[row, :length], rows.target_mask[row, :length])
-        results.append(target_log_probs(model, prompts[flat // num_rows], chunk))
-    return torch.cat(results).view(prompts.shape[0], num_rows)
+        results.append(reduce(model, prompts[flat // num_rows], chunk))
+    results = torch.cat(results)
+    return results.view(prompts.shape[0], num_rows, *results.shape[1:])
 
 
 def _embed_ids(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -155,6 +160,8 @@ class ClassificationObjective(Objective):
             raise ValueError(f"Label words {empty} tokenise to nothing; choose words the tokenizer can encode.")
         if len(set(map(tuple, self.label_ids))) < len(self.label_ids):
             raise ValueError(f"Label words {list(label_words)} tokenise to the same ids; make them distinct.")
+        self.single_token = all(len(ids) == 1 for ids in self.label_ids)
+        self.first_label_ids = torch.tensor([ids[0] for ids in self.label_ids])
         self.train = self._encode(texts, labels, template)
         self.held_out = self._encode(held_out_texts, held_out_labels, template) if held_out_texts else None
         self.num_train = len(self.train[0])
@@ -171,16 +178,32 @@ class ClassificationObjective(Objective):
         return encoded, list(labels)
 
     def _rows(self, examples: list[list[int]]) -> _Rows:
+        """Single-token label words: one row per example, ending in a placeholder label token whose position
+        gives every class at once. Otherwise one row per example and class, ending in that class's word."""
+        if self.single_token:
+            words = [self.label_ids[0]]
+        else:
+            words = self.label_ids
         rows, targets = [], []
         for text_ids in examples:
-            for word in self.label_ids:
+            for word in words:
                 rows.append(text_ids + word)
                 targets.append([False] * len(text_ids) + [True] * len(word))
         return _pad_rows(rows, targets, self.pad_id)
 
+    def _label_log_probs(self, model, prompt_embeds, rows: _Rows) -> torch.Tensor:
+        """[R, classes] for single-token label words: the label distribution at each row's label position."""
+        logits = _row_logits(model, prompt_embeds, rows)
+        position = rows.target_mask.to(torch.long).argmax(1).to(logits.device)
+        label_logits = logits[torch.arange(logits.shape[0], device=logits.device), position].float()
+        return label_logits.log_softmax(-1)[:, self.first_label_ids.to(logits.device)]
+
     def _class_log_probs(self, model, prompt_embeds, examples) -> torch.Tensor:
         """[examples, classes] log-probabilities of every label word after one prompt [n, d]."""
-        return target_log_probs(model, prompt_embeds, self._rows(examples)).view(len(examples), len(self.label_ids))
+        rows = self._rows(examples)
+        if self.single_token:
+            return self._label_log_probs(model, prompt_embeds, rows)
+        return target_log_probs(model, prompt_embeds, rows).view(len(examples), len(self.label_ids))
 
     def loss(self, model, prompt_embeds, indices):
         examples = [self.train[0][i] for i in indices]
@@ -188,8 +211,11 @@ class ClassificationObjective(Objective):
         return F.cross_entropy(self._class_log_probs(model, prompt_embeds, examples), labels)
 
     def _candidate_class_log_probs(self, model, prompts, examples, max_rows) -> torch.Tensor:
-        """[C, examples, classes] for C token prompts."""
-        log_probs = candidate_target_log_probs(model, prompts, self._rows(examples), max_rows)
+        """[C, examples, classes] for C prompts."""
+        rows = self._rows(examples)
+        if self.single_token:
+            return candidate_target_log_probs(model, prompts, rows, max_rows, reduce=self._label_log_probs)
+        log_probs = candidate_target_log_probs(model, prompts, rows, max_rows)
         return log_probs.view(prompts.shape[0], len(examples), len(self.label_ids))
 
     def candidate_losses(self, model, prompts, indices, max_rows=DEFAULT_EVAL_ROWS):

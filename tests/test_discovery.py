@@ -218,3 +218,19 @@ def test_trainer_callback_tracks_and_saves_the_best_projected_prompt(planted, tm
     assert callback.best.score == max(score for _, score in callback.history) == 1.0
     saved = load_file(tmp_path / "best_hard_prompt" / "adapter_model.safetensors")
     assert saved["token_ids"].tolist() == callback.best.token_ids and callback.best.token_ids[-1] == KEY
+
+
+def test_single_token_label_fast_path_equals_scoring_each_word(gpt2_tokenizer):
+    model = build(tiny_gpt2)
+    texts, labels = [" fine film", " a dull , long movie", " ok"], [1, 0, 1]
+    objective = ClassificationObjective(gpt2_tokenizer, texts, labels, template="{text}. It was",
+                                        label_words=[" bad", " good"])
+    assert objective.single_token
+    prompts = torch.tensor([[100, 200], [300, 400]])
+    fast = objective._candidate_class_log_probs(model, prompts, objective.train[0], max_rows=2)
+    fast_losses = objective.candidate_losses(model, prompts, [0, 1, 2])
+    objective.single_token = False  # score every label word as its own row
+    slow = objective._candidate_class_log_probs(model, prompts, objective.train[0], max_rows=2)
+    assert fast.shape == slow.shape == (2, 3, 2)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    assert torch.allclose(fast_losses, objective.candidate_losses(model, prompts, [0, 1, 2]), atol=1e-5)
