@@ -61,7 +61,8 @@ class SoftHardConfig(PromptLearningConfig):
     )
     ascii_only: bool = field(default=False, metadata={"help": "Allow only tokens that decode to printable ASCII."})
     word_start_only: bool = field(
-        default=False, metadata={"help": "Allow only tokens that begin a word (a leading space or '▁')."}
+        default=False,
+        metadata={"help": "Allow only tokens that begin a word: a leading space or '▁', then a letter or digit."},
     )
     round_trip_only: bool = field(
         default=False,

@@ -226,11 +226,18 @@ class ClassificationObjective(Objective):
         losses = F.cross_entropy(log_probs.reshape(-1, classes), labels.repeat(prompts.shape[0]), reduction="none")
         return losses.view(prompts.shape[0], len(examples)).mean(1)
 
+    @torch.no_grad()
+    def predictions(self, model, prompt: torch.Tensor, split: str = "held_out") -> list[int]:
+        """Predicted classes of one prompt (ids [n] or vectors [n, d]) on the held-out (or "train") examples."""
+        examples, _ = self.held_out if split == "held_out" else self.train
+        log_probs = self._candidate_class_log_probs(model, prompt[None], examples, DEFAULT_EVAL_ROWS)[0]
+        return log_probs.argmax(-1).cpu().tolist()
+
     def accuracy(self, model, prompt: torch.Tensor, split: str = "held_out") -> float:
         """Accuracy of one prompt (ids [n] or vectors [n, d]) on the held-out (or "train") examples."""
-        examples, labels = self.held_out if split == "held_out" else self.train
-        predictions = self._candidate_class_log_probs(model, prompt[None], examples, DEFAULT_EVAL_ROWS)[0]
-        return (predictions.argmax(-1).cpu() == torch.tensor(labels)).float().mean().item()
+        labels = (self.held_out if split == "held_out" else self.train)[1]
+        predictions = self.predictions(model, prompt, split)
+        return sum(p == y for p, y in zip(predictions, labels, strict=True)) / len(labels)
 
     def score(self, model, prompt):
         if self.has_held_out:
@@ -299,3 +306,55 @@ class TargetTextObjective(Objective):
         predicted = _row_logits(model, as_prompt_embeds(model, prompt), rows).argmax(-1).cpu()
         correct = (predicted == rows.input_ids) & rows.target_mask
         return (correct.sum() / rows.target_mask.sum()).item()
+
+
+class SequenceClassificationObjective(Objective):
+    """Classify texts with an encoder's classification head (a SEQ_CLS model); loss: cross-entropy, score:
+    accuracy. The prompt is prepended to the embedded input, as a SEQ_CLS SOFTHARD adapter does."""
+
+    def __init__(self, tokenizer, texts, labels, *, num_labels: int, held_out_texts=None, held_out_labels=None,
+                 max_length: int = 128) -> None:
+        self.tokenizer, self.num_labels, self.max_length = tokenizer, num_labels, max_length
+        self.train = self._encode(texts, labels)
+        self.held_out = self._encode(held_out_texts, held_out_labels) if held_out_texts else None
+        self.num_train = len(self.train[0])
+        self.has_held_out = self.held_out is not None
+
+    def _encode(self, texts, labels):
+        if texts is None or labels is None or len(texts) != len(labels) or not len(texts):
+            raise ValueError("Give texts and labels of the same, non-zero length.")
+        bad = sorted({label for label in labels if not 0 <= label < self.num_labels})
+        if bad:
+            raise ValueError(f"Labels {bad} are outside 0..{self.num_labels - 1}.")
+        return list(texts), list(labels)
+
+    def _logits(self, model, prompt_embeds, texts) -> torch.Tensor:
+        device = module_device(model)
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
+        row_embeds = _embed_ids(model, batch["input_ids"])
+        prompt = as_prompt_embeds(model, prompt_embeds).to(device=device, dtype=row_embeds.dtype)
+        prompt = prompt.unsqueeze(0).expand(len(texts), -1, -1)
+        mask = torch.cat([torch.ones(len(texts), prompt.shape[1], dtype=torch.long), batch["attention_mask"]], 1)
+        return model(inputs_embeds=torch.cat([prompt, row_embeds], 1), attention_mask=mask.to(device)).logits
+
+    def loss(self, model, prompt_embeds, indices):
+        texts = [self.train[0][i] for i in indices]
+        labels = torch.tensor([self.train[1][i] for i in indices], device=module_device(model))
+        return F.cross_entropy(self._logits(model, prompt_embeds, texts).float(), labels)
+
+    @torch.no_grad()
+    def predictions(self, model, prompt, split: str = "held_out", batch_size: int = 32) -> list[int]:
+        texts, _ = self.held_out if split == "held_out" else self.train
+        chunks = [self._logits(model, prompt, texts[s : s + batch_size]).argmax(-1).cpu()
+                  for s in range(0, len(texts), batch_size)]
+        return torch.cat(chunks).tolist()
+
+    def candidate_losses(self, model, prompts, indices, max_rows=DEFAULT_EVAL_ROWS):
+        with torch.no_grad():
+            return torch.stack([self.loss(model, prompt, indices) for prompt in prompts])
+
+    def score(self, model, prompt):
+        split = "held_out" if self.has_held_out else "train"
+        labels = (self.held_out if self.has_held_out else self.train)[1]
+        predictions = self.predictions(model, prompt, split)
+        return sum(p == y for p, y in zip(predictions, labels, strict=True)) / len(labels)

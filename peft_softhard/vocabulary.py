@@ -89,14 +89,16 @@ def _pass_text_filters(tokenizer: object, ids: list[int], config: SoftHardConfig
         keep = [k and bool(t) and t.isascii() and t.isprintable() for k, t in zip(keep, texts, strict=True)]
     if config.word_start_only:
         pieces = tokenizer.convert_ids_to_tokens(ids)
-        keep = [
-            k and bool(p) and p.startswith(_WORD_START_MARKERS) and len(p) > 1
-            for k, p in zip(keep, pieces, strict=True)
-        ]
+        keep = [k and _starts_word(p) for k, p in zip(keep, pieces, strict=True)]
     if config.round_trip_only:
         encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
         keep = [k and e == [i] for k, e, i in zip(keep, encoded, ids, strict=True)]
     return [i for i, k in zip(ids, keep, strict=True) if k]
+
+
+def _starts_word(piece: str | None) -> bool:
+    """A word-start marker followed by a letter or digit (so not a run of spaces or punctuation)."""
+    return bool(piece) and piece.startswith(_WORD_START_MARKERS) and len(piece) > 1 and piece[1].isalnum()
 
 
 def _check_in_range(name: str, ids: list[int], vocab_size: int) -> None:
