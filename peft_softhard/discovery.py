@@ -20,11 +20,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from .config import SoftHardConfig
 from .encoder import SoftHardPromptEncoder
 from .objectives import Objective
@@ -127,6 +129,9 @@ def run(
     config: DiscoveryConfig | None = None,
     prompt: SoftHardConfig | None = None,
     tokenizer=None,
+    checkpoint_dir: str | None = None,
+    checkpoint_interval: int = 50,
+    resume: bool = False,
 ) -> DiscoveryResult:
     """Search for the hard prompt that does best on `objective`; the model's weights are never changed.
 
@@ -136,6 +141,9 @@ def run(
         config: the search (method, steps, optimiser, ...); default `DiscoveryConfig()`.
         prompt: the prompt's length, initialisation, metric and vocabulary constraints; default 10 tokens.
         tokenizer: for the vocabulary constraints and the result's text (default: the objective's).
+        checkpoint_dir: where to write a resumable checkpoint every `checkpoint_interval` steps and on
+            Ctrl-C or a crash; with `resume=True` the search continues from it and ends as an uninterrupted
+            search with the same seed would.
     """
     config = config or DiscoveryConfig()
     prompt = dataclasses.replace(
@@ -143,96 +151,142 @@ def run(
     )
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
     tokenizer = tokenizer if tokenizer is not None else getattr(objective, "tokenizer", None)
-    started = time.time()
-    best, losses, scores = BestPrompt(), [], []
+    progress = {"restart": 0, "step": 0, "losses": [], "scores": [], "seconds": 0.0, "best": BestPrompt().__dict__}
+    saved = load_checkpoint(checkpoint_dir) if resume and checkpoint_dir and has_checkpoint(checkpoint_dir) else None
+    if saved is not None:
+        progress = {k: saved[k] for k in progress}
+        progress["scores"] = [tuple(s) for s in progress["scores"]]
+    best = BestPrompt()
+    best.__dict__.update(progress["best"])
+    started = time.time() - progress["seconds"]
+
     with frozen(model):
-        for restart in range(config.num_restarts):
+        for restart in range(progress["restart"], config.num_restarts):
             torch.manual_seed(config.seed + restart)
             encoder = SoftHardPromptEncoder.for_model(dataclasses.replace(prompt), model, tokenizer)
             encoder.to(module_device(model))
-            step_fn = _make_step(config, model, objective, encoder)
-            batches = _batches(objective.num_train, config.batch_size, config.seed + restart)
-            progress = tqdm(range(1, config.steps + 1), disable=not config.show_progress,
-                            desc=f"{config.method} restart {restart + 1}/{config.num_restarts}")
-            for step in progress:
-                losses.append(step_fn(next(batches)))
-                if step % config.eval_interval == 0 or step == config.steps:
-                    ids = encoder.current_token_ids().clone()
-                    scores.append((restart * config.steps + step, objective.score(model, ids)))
-                    # with a fluency weight, the more natural of two equally good prompts wins
-                    fluency = -prompt_lm_losses(model, ids[None])[0].item() if config.fluency_weight else 0.0
-                    best.update(ids, scores[-1][1], step, restart, tie_break=fluency)
-                progress.set_postfix(loss=f"{losses[-1]:.3f}", best=f"{best.score:.3f}")
+            search = (_GCGSearch if config.method == "gcg" else _GradientSearch)(config, model, objective, encoder)
+            first_step = progress["step"] + 1 if restart == progress["restart"] else 1
+            if saved is not None and restart == saved["restart"]:
+                encoder._load_adapter_state_dict(saved["encoder"])
+                search.load_state_dict(saved["search"])
+                torch.set_rng_state(saved["rng"])
+            stream = batches(objective.num_train, config.batch_size, config.seed + restart)
+            for _ in range(first_step - 1):  # replay the batches already used
+                next(stream)
+            bar = tqdm(range(first_step, config.steps + 1), disable=not config.show_progress,
+                       desc=f"{config.method} restart {restart + 1}/{config.num_restarts}")
+            for step in bar:
+                # the state before this step: what a Ctrl-C or a crash inside the step saves (prompts are small)
+                before = _snapshot(progress, best, restart, step - 1, encoder, search, started)
+                try:
+                    progress["losses"].append(search.step(next(stream)))
+                    if step % config.eval_interval == 0 or step == config.steps:
+                        ids = encoder.current_token_ids().clone()
+                        progress["scores"].append((restart * config.steps + step, objective.score(model, ids)))
+                        # with a fluency weight, the more natural of two equally good prompts wins
+                        fluency = -prompt_lm_losses(model, ids[None])[0].item() if config.fluency_weight else 0.0
+                        best.update(ids, progress["scores"][-1][1], step, restart, tie_break=fluency)
+                except BaseException:
+                    if checkpoint_dir:
+                        save_checkpoint(checkpoint_dir, before)
+                    raise
+                if checkpoint_dir and (step % checkpoint_interval == 0 or step == config.steps):
+                    save_checkpoint(checkpoint_dir, _snapshot(progress, best, restart, step, encoder, search, started))
+                bar.set_postfix(loss=f"{progress['losses'][-1]:.3f}", best=f"{best.score:.3f}")
+            progress["step"] = 0
         token_ids = torch.tensor(best.token_ids, device=module_device(model))
         perplexity = _perplexity(model, token_ids)
     text, round_trips, notes = _read_back(tokenizer, best.token_ids, prompt)
     return DiscoveryResult(
         token_ids=best.token_ids, text=text, best_score=best.score, best_step=best.step, best_restart=best.restart,
-        loss_history=losses, score_history=scores, steps=config.steps * config.num_restarts,
+        loss_history=progress["losses"], score_history=progress["scores"], steps=config.steps * config.num_restarts,
         seconds=time.time() - started, method=config.method, perplexity=perplexity, round_trips=round_trips,
         notes=notes, prompt_config=prompt,
     )
 
 
+def _snapshot(progress, best, restart, step, encoder, search, started) -> dict:
+    """Everything a resumed search needs, copied (the live objects keep changing)."""
+    return {
+        "losses": list(progress["losses"]), "scores": list(progress["scores"]), "restart": restart, "step": step,
+        "best": dict(best.__dict__), "seconds": time.time() - started,
+        "encoder": encoder.adapter_state_dict(),  # clones
+        "search": copy.deepcopy(search.state_dict()),  # an optimizer's state_dict holds live tensors
+        "rng": torch.get_rng_state(),
+    }
+
+
 # ---------------------------------------------------------------------------------------------- the steps
-def _make_step(config, model, objective, encoder) -> Callable[[list[int]], float]:
-    if config.method == "gcg":
-        return _gcg_step(config, model, objective, encoder)
-    return _gradient_step(config, model, objective, encoder, reproject=config.method == "psgd")
+class _GradientSearch:
+    """PEZ, or projected SGD when the method is "psgd": P is replaced by its projection after every step."""
 
+    def __init__(self, config: DiscoveryConfig, model: nn.Module, objective: Objective, encoder) -> None:
+        self.config, self.model, self.objective, self.encoder = config, model, objective, encoder
+        self.prompt = encoder.embedding.weight
+        self.prompt.requires_grad_(True)
+        self.optimizer = _optimizer(config, self.prompt)
 
-def _gradient_step(config, model, objective, encoder, reproject: bool) -> Callable[[list[int]], float]:
-    """PEZ (reproject=False) or projected SGD (reproject=True)."""
-    prompt = encoder.embedding.weight
-    prompt.requires_grad_(True)
-    optimizer = _optimizer(config, prompt)
-
-    def step(indices: list[int]) -> float:
-        optimizer.zero_grad()
+    def step(self, indices: list[int]) -> float:
+        config, encoder = self.config, self.encoder
+        self.optimizer.zero_grad()
         seen = encoder.prompt_embeddings()  # the projected tokens' embeddings, gradient straight through to P
-        task_loss = objective.loss(model, seen, indices)
+        task_loss = self.objective.loss(self.model, seen, indices)
         loss = task_loss
         if config.fluency_weight:
-            loss = _with_fluency(config, task_loss, prompt_lm_loss(model, seen, encoder.current_token_ids()))
+            loss = _with_fluency(config, task_loss, prompt_lm_loss(self.model, seen, encoder.current_token_ids()))
         loss.backward()
         if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_([prompt], config.grad_clip)
-        optimizer.step()
-        if reproject:  # the baseline: the continuous copy is replaced by its projection every step
+            torch.nn.utils.clip_grad_norm_([self.prompt], config.grad_clip)
+        self.optimizer.step()
+        if config.method == "psgd":  # the baseline: the continuous copy is replaced by its projection
             encoder.set_token_ids(encoder.current_token_ids())
         return task_loss.item()
 
-    return step
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
 
 
-def _gcg_step(config, model, objective, encoder) -> Callable[[list[int]], float]:
-    embed = model.get_input_embeddings()
-    allowed = encoder.allowed_token_ids().to(module_device(model))
-    generator = torch.Generator().manual_seed(config.seed)
-    top_k = min(config.gcg_top_k, allowed.numel())
+class _GCGSearch:
+    """GCG: gradient-ranked single-token swaps, a batch of them scored exactly, the best one kept."""
 
-    def step(indices: list[int]) -> float:
-        ids = encoder.current_token_ids().clone()
-        one_hot_point = embed(ids).detach().requires_grad_(True)
-        task_loss = objective.loss(model, one_hot_point, indices)
+    def __init__(self, config: DiscoveryConfig, model: nn.Module, objective: Objective, encoder) -> None:
+        self.config, self.model, self.objective, self.encoder = config, model, objective, encoder
+        self.embed = model.get_input_embeddings()
+        self.allowed = encoder.allowed_token_ids().to(module_device(model))
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.top_k = min(config.gcg_top_k, self.allowed.numel())
+
+    def step(self, indices: list[int]) -> float:
+        config, model = self.config, self.model
+        ids = self.encoder.current_token_ids().clone()
+        one_hot_point = self.embed(ids).detach().requires_grad_(True)
+        task_loss = self.objective.loss(model, one_hot_point, indices)
         loss = task_loss
         if config.fluency_weight:
             loss = _with_fluency(config, task_loss, prompt_lm_loss(model, one_hot_point, ids))
         (gradient,) = torch.autograd.grad(loss, one_hot_point)
         # d loss / d one_hot[i, v] = gradient[i] . E_v: the most promising swaps have the largest -gradient . E_v
-        ranked, _ = nearest_tokens(-gradient, embed, allowed, metric="dot", top_k=top_k)
-        positions = torch.randint(ids.numel(), (config.gcg_candidates,), generator=generator)
-        picks = torch.randint(top_k, (config.gcg_candidates,), generator=generator)
-        candidates = ids.repeat(config.gcg_candidates, 1)
-        swaps = ranked[positions.to(ranked.device), picks.to(ranked.device)]
-        candidates[torch.arange(config.gcg_candidates), positions] = swaps
-        candidate_losses = objective.candidate_losses(model, candidates, indices)
+        ranked, _ = nearest_tokens(-gradient, self.embed, self.allowed, metric="dot", top_k=self.top_k)
+        count = config.gcg_candidates
+        positions = torch.randint(ids.numel(), (count,), generator=self.generator)
+        picks = torch.randint(self.top_k, (count,), generator=self.generator)
+        candidates = ids.repeat(count, 1)
+        candidates[torch.arange(count), positions] = ranked[positions.to(ranked.device), picks.to(ranked.device)]
+        candidate_losses = self.objective.candidate_losses(model, candidates, indices)
         if config.fluency_weight:
             candidate_losses = _with_fluency(config, candidate_losses, prompt_lm_losses(model, candidates))
-        encoder.set_token_ids(candidates[candidate_losses.argmin()])
+        self.encoder.set_token_ids(candidates[candidate_losses.argmin()])
         return task_loss.item()
 
-    return step
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
 
 
 def _optimizer(config: DiscoveryConfig, parameter: torch.Tensor) -> torch.optim.Optimizer:
@@ -294,7 +348,7 @@ def _read_back(tokenizer, token_ids: list[int], prompt: SoftHardConfig) -> tuple
     return text, round_trips, notes
 
 
-def _batches(num_examples: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+def batches(num_examples: int, batch_size: int, seed: int) -> Iterator[list[int]]:
     """Endless shuffled mini-batches (epochs without replacement), seeded."""
     generator = torch.Generator().manual_seed(seed)
     while True:
