@@ -62,6 +62,8 @@ def _row_logits(model: nn.Module, prompt_embeds: torch.Tensor, rows: _Rows) -> t
     prompt_mask = torch.ones(input_ids.shape[0], n, dtype=torch.long, device=device)
     mask = torch.cat([prompt_mask, rows.attention_mask.to(device)], 1)
     logits = model(inputs_embeds=torch.cat([prompt_embeds, row_embeds], dim=1), attention_mask=mask).logits
+    if n == 0:  # no prompt (a manual template alone): nothing predicts a row's first token
+        logits, n = F.pad(logits, (0, 0, 1, 0)), 1
     return logits[:, n - 1 : n - 1 + input_ids.shape[1]]  # the token at row position t is predicted at n + t - 1
 
 

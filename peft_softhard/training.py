@@ -2,7 +2,7 @@
 
 `output_dir` receives:
     best/          the adapter with the best held-out score so far (written whenever it improves)
-    adapter/       the adapter at the end of training
+    adapter/       the adapter at the end of training (the model itself is left with the best prompt)
     checkpoint/    everything needed to continue (every `checkpoint_interval` steps, and on Ctrl-C or a crash)
     history.json   losses and scores
 All of it is written atomically: an interruption never leaves a half-written adapter where a good one was.
@@ -52,6 +52,9 @@ class TrainConfig:
     checkpoint_interval: int = field(default=50, metadata={"help": "Write a resumable checkpoint this often."})
     grad_clip: float | None = field(default=1.0, metadata={"help": "Gradient-norm clip (None: off)."})
     seed: int = field(default=0, metadata={"help": "Seeds the batches (initialise the prompt before training)."})
+    load_best_at_end: bool = field(
+        default=True, metadata={"help": "Leave the best-scoring prompt (not the last) in the model when done."}
+    )
     show_progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
 
@@ -77,7 +80,7 @@ def train_prompt(
     trainable = {name: p for name, p in peft_model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.lr, weight_decay=config.weight_decay)
     state: dict[str, Any] = {"step": 0, "losses": [], "scores": [], "best_score": -math.inf, "best_step": -1,
-                             "seconds": 0.0}
+                             "seconds": 0.0, "best_parameters": {}}
     resumed_from = None
     if resume and has_checkpoint(output_dir / "checkpoint"):
         state = _restore(load_checkpoint(output_dir / "checkpoint"), trainable, optimizer)
@@ -95,6 +98,7 @@ def train_prompt(
         """The state now, copied: what a Ctrl-C or a crash inside the next step saves."""
         return {
             **state, "losses": list(state["losses"]), "scores": list(state["scores"]),
+            "best_parameters": dict(state["best_parameters"]),  # replaced, never changed in place
             "seconds": time.time() - started,
             "parameters": {name: p.detach().clone() for name, p in trainable.items()},
             "optimizer": copy.deepcopy(optimizer.state_dict()),
@@ -121,6 +125,7 @@ def train_prompt(
                 state["scores"].append((step, score))
                 if score > state["best_score"]:
                     state["best_score"], state["best_step"] = score, step
+                    state["best_parameters"] = {name: p.detach().clone() for name, p in trainable.items()}
                     _save_adapter(peft_model, adapter, output_dir / "best")
         except BaseException:  # Ctrl-C or a crash: save the state before this step (the best adapter is on disk)
             save_checkpoint(output_dir / "checkpoint", before)
@@ -133,6 +138,10 @@ def train_prompt(
         progress.set_postfix(loss=f"{state['losses'][-1]:.3f}", best=f"{state['best_score']:.3f}")
     progress.close()
     _save_adapter(peft_model, adapter, output_dir / "adapter")
+    if config.load_best_at_end and state["best_parameters"]:
+        with torch.no_grad():
+            for name, parameter in trainable.items():
+                parameter.copy_(state["best_parameters"][name])
     result = TrainResult(state["best_score"], state["best_step"], state["losses"],
                          [tuple(s) for s in state["scores"]], state["step"], time.time() - started, resumed_from)
     write_text_atomically(output_dir / "history.json", json.dumps(asdict(result), indent=1))

@@ -15,7 +15,7 @@ from peft_softhard import (
     TargetTextObjective,
     run,
 )
-from peft_softhard.discovery import BestPrompt, _gradient_step, _read_back
+from peft_softhard.discovery import BestPrompt, _GradientSearch, _read_back
 from peft_softhard.testing import bigram_llama, build, tiny_gpt2
 
 from conftest import GPT2_TOKENIZER
@@ -79,8 +79,7 @@ def test_after_one_pez_step_the_continuous_copy_differs_from_its_projection(plan
     for method, expect_equal in (("pez", False), ("psgd", True)):
         torch.manual_seed(0)
         encoder = SoftHardPromptEncoder.for_model(prompt_config(), model)
-        step = _gradient_step(search(method), model, objective, encoder, reproject=method == "psgd")
-        step([0])
+        _GradientSearch(search(method), model, objective, encoder).step([0])
         projection = model.get_input_embeddings()(encoder.current_token_ids())
         assert torch.equal(encoder.embedding.weight.detach(), projection) is expect_equal
 

@@ -1,0 +1,56 @@
+"""PNG plots of training curves and of accuracy against prompt length (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_training_curves(curves: dict[str, tuple[list[float], list[tuple[int, float]]]], path: str | Path) -> Path:
+    """One panel of training losses and one of held-out scores, a line per run: {label: (losses, scores)}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, score_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, (losses, scores) in curves.items():
+        loss_axis.plot(range(1, len(losses) + 1), losses, label=label, alpha=0.8)
+        if scores:
+            steps, values = zip(*scores, strict=True)
+            score_axis.plot(steps, values, marker="o", label=label)
+    loss_axis.set(xlabel="step", ylabel="training loss", title="Training loss")
+    score_axis.set(xlabel="step", ylabel="held-out score", title="Held-out score")
+    for axis in (loss_axis, score_axis):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    return _save(figure, path)
+
+
+def plot_accuracy_vs_length(points: dict[str, list[tuple[int, float]]], path: str | Path) -> Path:
+    """Held-out score against prompt length, a line per method: {label: [(num_virtual_tokens, score), ...]}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label, values in points.items():
+        lengths, scores = zip(*sorted(values), strict=True)
+        axis.plot(lengths, scores, marker="o", label=label)
+    axis.set(xlabel="prompt length (virtual tokens)", ylabel="held-out score", title="Score vs prompt length")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return _save(figure, path)
+
+
+def _save(figure, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.writing{path.suffix}")
+    figure.tight_layout()
+    figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+    temporary.replace(path)
+    return path

@@ -1,0 +1,192 @@
+"""Every `softhard` command on tiny models and small data files; the demo, reduced, on the real SmolLM2."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from peft_softhard.cli import build_parser, main
+from peft_softhard.testing import build, tiny_gpt2
+
+from conftest import GPT2_TOKENIZER
+
+POSITIVE = ["a good film", "great fun", "fine acting", "nice story", "a lovely movie", "good and warm"]
+NEGATIVE = ["a bad film", "awful fun", "poor acting", "dull story", "a boring movie", "bad and cold"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny GPT-2 and a tiny BERT saved with the real GPT-2 tokenizer, and a small CSV task."""
+    root = tmp_path_factory.mktemp("cli")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(GPT2_TOKENIZER))
+    causal = root / "tiny-gpt2"
+    build(lambda: tiny_gpt2(initializer_range=0.3)).save_pretrained(causal)
+    tokenizer.save_pretrained(causal)
+    encoder = root / "tiny-bert"
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=50257, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        num_labels=2,
+    )).save_pretrained(encoder)
+    tokenizer.save_pretrained(encoder)
+    rows = [(t, 1) for t in POSITIVE] + [(t, 0) for t in NEGATIVE]
+    for name in ("train.csv", "eval.csv"):
+        (root / name).write_text("text,label\n" + "".join(f'"{t}",{y}\n' for t, y in rows))
+    return root
+
+
+def task_args(files) -> list[str]:
+    return ["--train-file", str(files / "train.csv"), "--eval-file", str(files / "eval.csv"),
+            "--template", " {text}. It was", "--label-word", " bad", "--label-word", " good"]
+
+
+def softhard(capsys, *argv: str) -> dict:
+    code = main([*argv, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_every_command_has_help(capsys):
+    commands = ["train", "discover", "eval", "project", "export", "import", "demo"]
+    for command in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: softhard " + command in capsys.readouterr().out
+
+
+def test_train_eval_project_export_import_round(capsys, files, tmp_path):
+    model = ["--model", str(files / "tiny-gpt2")]
+    trained = softhard(capsys, "train", *model, *task_args(files), "--num-virtual-tokens", "2", "3", "--steps", "4",
+                       "--eval-interval", "2", "--batch-size", "4", "--output-dir", str(tmp_path / "train"))
+    assert [run["num_virtual_tokens"] for run in trained["runs"]] == [2, 3]
+    assert all(0 <= run["best_score"] <= 1 for run in trained["runs"])
+    assert (tmp_path / "train" / "training_curves.png").stat().st_size > 1000
+    assert (tmp_path / "train" / "accuracy_vs_length.png").stat().st_size > 1000
+    adapter = trained["runs"][0]["adapter"]
+
+    scored = softhard(capsys, "eval", *model, *task_args(files), "--adapter", adapter)
+    assert scored["examples"] == 12 and set(scored) >= {"accuracy", "macro_f1", "examples_per_second"}
+    assert scored["accuracy"] == trained["runs"][0]["best_score"]  # the same prompt scored the same way
+    text = softhard(capsys, "eval", *model, *task_args(files), "--prompt-text", " Review:")
+    bare = softhard(capsys, "eval", *model, *task_args(files))
+    assert text["evaluated"] == "prompt text ' Review:'" and bare["evaluated"] == "no prompt"
+
+    reading = softhard(capsys, "project", *model, "--adapter", adapter, "--top-k", "3")
+    assert len(reading["token_ids"]) == 2 and len(reading["candidates"][0]) == 3
+
+    softhard(capsys, "export", *model, "--adapter", adapter, "--to", "prompt-tuning", "--out", str(tmp_path / "pt"))
+    plain = softhard(capsys, "eval", *model, *task_args(files), "--adapter", str(tmp_path / "pt"))
+    assert plain["accuracy"] == scored["accuracy"]
+    softhard(capsys, "export", *model, "--adapter", adapter, "--to", "text", "--out", str(tmp_path / "prompt.txt"))
+    assert (tmp_path / "prompt.txt").read_text() == reading["text"]
+    softhard(capsys, "export", *model, "--adapter", adapter, "--to", "kobold", "--out", str(tmp_path / "p.zip"))
+    imported = softhard(capsys, "import", str(tmp_path / "p.zip"), *model, "--out", str(tmp_path / "imported"))
+    assert imported["num_virtual_tokens"] == 2
+    again = softhard(capsys, "eval", *model, *task_args(files), "--adapter", str(tmp_path / "imported"))
+    assert again["accuracy"] == scored["accuracy"]
+
+
+def test_train_resumes_from_its_checkpoint(capsys, files, tmp_path):
+    arguments = ["train", "--model", str(files / "tiny-gpt2"), *task_args(files), "--num-virtual-tokens", "2",
+                 "--eval-interval", "2", "--checkpoint-interval", "2", "--batch-size", "4",
+                 "--output-dir", str(tmp_path)]
+    softhard(capsys, *arguments, "--steps", "4")
+    softhard(capsys, *arguments, "--steps", "6", "--resume")
+    history = json.loads((tmp_path / "n2" / "history.json").read_text())
+    assert history["resumed_from"] == 4 and history["steps"] == 6 and len(history["loss_history"]) == 6
+
+
+def test_train_a_soft_prompt_with_a_classification_head(capsys, files, tmp_path):
+    result = softhard(capsys, "train", "--model", str(files / "tiny-bert"), "--task-type", "SEQ_CLS",
+                      *task_args(files), "--num-virtual-tokens", "3", "--steps", "3", "--batch-size", "4",
+                      "--eval-interval", "3", "--output-dir", str(tmp_path))
+    assert 0 <= result["runs"][0]["best_score"] <= 1
+    scored = softhard(capsys, "eval", "--model", str(files / "tiny-bert"), *task_args(files),
+                      "--adapter", result["runs"][0]["adapter"])
+    assert scored["accuracy"] == result["runs"][0]["best_score"]
+
+
+@pytest.mark.parametrize("method", ["pez", "gcg"])
+def test_discover(capsys, files, tmp_path, method):
+    result = softhard(capsys, "discover", "--model", str(files / "tiny-gpt2"), *task_args(files), "--method", method,
+                      "--num-virtual-tokens", "3", "--steps", "3", "--eval-interval", "3", "--batch-size", "4",
+                      "--top-k", "8", "--candidates", "4", "--word-start-only", "--round-trip-only",
+                      "--output-dir", str(tmp_path))
+    assert len(result["token_ids"]) == 3 and result["round_trips"] is True
+    assert (tmp_path / "prompt.txt").read_text() == result["text"]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    scored = softhard(capsys, "eval", "--model", str(files / "tiny-gpt2"), *task_args(files),
+                      "--prompt-text", result["text"])
+    assert scored["accuracy"] == result["best_score"]
+
+
+def kobold_zip(path, members: dict[str, bytes]):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return str(path)
+
+
+def npy(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+META = json.dumps({"name": "x", "author": "", "supported": [], "description": ""}).encode()
+
+
+@pytest.mark.parametrize(
+    "members, message",
+    [
+        ({"tensor.npy": npy(np.zeros((2, 32), np.float32)), "meta.json": META, "run.py": b"print(1)"}, "exactly"),
+        ({"tensor.npy": npy(np.zeros((2, 16), np.float32)), "meta.json": META}, "d_model=16"),
+        ({"tensor.npy": npy(np.zeros((2, 3, 32), np.float32)), "meta.json": META}, "must be 2-D"),
+        ({"tensor.npy": npy(np.full((2, 32), np.nan, np.float32)), "meta.json": META}, "NaN or Inf"),
+        ({"tensor.npy": npy(np.array([{"a": 1}], dtype=object)), "meta.json": META}, "not a plain numeric array"),
+        ({"tensor.npy": npy(np.zeros((2, 32), np.int64)), "meta.json": META}, "dtype int64"),
+        ({"tensor.npy": npy(np.zeros((2, 32), np.float32)), "meta.json": b"{not json"}, "not valid JSON"),
+    ],
+)
+def test_import_refuses_bad_kobold_files(capsys, files, tmp_path, members, message):
+    path = kobold_zip(tmp_path / "bad.zip", members)
+    code = main(["import", path, "--model", str(files / "tiny-gpt2"), "--out", str(tmp_path / "out")])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_reads_bfloat16_stored_as_raw_two_byte_values(capsys, files, tmp_path):
+    vectors = torch.randn(3, 32).to(torch.bfloat16)
+    raw = vectors.view(torch.int16).numpy().view(np.dtype("V2"))
+    path = kobold_zip(tmp_path / "bf16.zip", {"tensor.npy": npy(raw), "meta.json": META})
+    softhard(capsys, "import", path, "--model", str(files / "tiny-gpt2"), "--out", str(tmp_path / "out"))
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "out" / "adapter_model.safetensors")["prompt_embeddings"]
+    assert torch.equal(saved, vectors.float())
+
+
+def test_errors_are_reported_not_raised(capsys, files):
+    assert main(["eval", "--model", str(files / "tiny-gpt2"), "--task", "no-such-task"]) == 2
+    assert "Unknown task 'no-such-task'" in capsys.readouterr().err
+    assert main(["eval", "--model", str(files / "tiny-gpt2"), *task_args(files), "--manual"]) == 2
+    assert "no manual prompt" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_demo_reduced_on_the_real_smollm2(capsys, tmp_path):
+    result = softhard(capsys, "demo", "--train-rows", "40", "--eval-rows", "16", "--soft-steps", "4",
+                      "--hard-steps", "4", "--batch-size", "4", "--output-dir", str(tmp_path))
+    assert result["eval_rows"] == 16 and result["train_rows"] == 40
+    for key in ("manual", "soft", "hard"):
+        assert 0 <= result[key]["accuracy"] <= 1
+    assert result["hard_round_trips"] is True and len(result["hard_token_ids"]) == 5
+    assert result["soft_reading"] and (tmp_path / "training_curves.png").stat().st_size > 1000
