@@ -10,14 +10,12 @@ Writes benchmarks/results/exactness.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import torch
 from peft import get_peft_model
+from reporting import write_results
 
 from peft_softhard import SoftHardConfig
 from peft_softhard.testing import CAUSAL_MODELS, TASK_MODELS, build, random_batch
@@ -68,15 +66,10 @@ def main() -> None:
     for name, make_base, task_type, batch in cases(arguments.tiny_only):
         differences = [max_difference(make_base(), task_type, 5, batch, seed) for seed in SEEDS]
         rows.append({"model": name, "task_type": task_type, "max_abs_difference": max(differences)})
-    result = {
-        "what": "max |output difference|, hard prompt vs the same ids prepended, 5 virtual tokens, seeds 0-2",
-        "rows": rows,
-        "machine": platform.platform(),
-        "versions": {package: version(package) for package in ("torch", "transformers", "peft")},
-        "seconds": round(time.time() - started, 1),
-    }
-    arguments.output.parent.mkdir(parents=True, exist_ok=True)
-    arguments.output.write_text(json.dumps(result, indent=2) + "\n")
+    result = write_results(
+        arguments.output, "max |output difference|, hard prompt vs the same ids prepended, 5 virtual tokens, seeds 0-2",
+        started, rows=rows,
+    )
     print("| model (task type) | max abs difference |\n|---|---|")
     for row in rows:
         print(f"| {row['model']} | {row['max_abs_difference']:.1e} |")

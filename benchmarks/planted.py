@@ -13,14 +13,12 @@ Writes benchmarks/results/planted.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import torch
+from reporting import write_results
 
 from peft_softhard import DiscoveryConfig, SoftHardConfig, TargetTextObjective, run
 from peft_softhard.testing import bigram_llama
@@ -74,17 +72,11 @@ def main() -> None:
             "median_seconds_to_target": statistics.median(r["seconds_to_target"] for r in solved) if solved else None,
             "seconds_per_step": statistics.median(r["seconds_per_step"] for r in results),
         }
-    output = {
-        "what": f"steps and seconds until the projected prompt produces the planted target (budget {STEPS} steps)",
-        "summary": summary,
-        "runs": runs,
-        "machine": platform.platform(),
-        "threads": torch.get_num_threads(),
-        "versions": {p: version(p) for p in ("torch", "transformers", "peft")},
-        "seconds": round(time.time() - started, 1),
-    }
-    arguments.output.parent.mkdir(parents=True, exist_ok=True)
-    arguments.output.write_text(json.dumps(output, indent=2) + "\n")
+    output = write_results(
+        arguments.output,
+        f"steps and seconds until the projected prompt produces the planted target (budget {STEPS} steps)",
+        started, summary=summary, runs=runs,
+    )
     print("| method | solved | median steps to target | median seconds to target | seconds/step |")
     print("|---|---|---|---|---|")
     for method, row in summary.items():

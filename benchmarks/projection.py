@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from reporting import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "projection.json"
 SIZES = [(50_257, 768), (151_936, 4096), (262_144, 2048), (262_144, 4096)]
@@ -76,13 +77,8 @@ def main() -> None:
             row[method] = json.loads(child.stdout.strip().splitlines()[-1])
         row["same_ids"] = row["chunked"]["first_ids"] == row["naive"]["first_ids"]
         rows.append(row)
-    import torch
-
-    output = {"what": f"nearest token (cosine) of {VECTORS} vectors; peak memory added beyond the matrix",
-              "rows": rows, "machine": platform.platform(), "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "seconds": round(time.time() - started, 1)}
-    arguments.output.parent.mkdir(parents=True, exist_ok=True)
-    arguments.output.write_text(json.dumps(output, indent=2) + "\n")
+    output = write_results(arguments.output, f"nearest token (cosine) of {VECTORS} vectors; peak memory added "
+                           "beyond the matrix", started, rows=rows)
     print("| vocabulary x dim | matrix MiB | chunked s | chunked extra MiB | naive s | naive extra MiB | same ids |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:

@@ -303,12 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--num-virtual-tokens", type=int, nargs="+", default=[10],
                        help="prompt length; several values train one prompt each and plot score vs length")
     _add_prompt_init(train)
-    train.add_argument("--steps", type=int, default=200, help="default %(default)s")
-    train.add_argument("--lr", type=float, default=3e-3, help="default %(default)s")
-    train.add_argument("--batch-size", type=int, default=16, help="default %(default)s")
-    train.add_argument("--eval-interval", type=int, default=50, help="default %(default)s")
-    train.add_argument("--checkpoint-interval", type=int, default=25, help="default %(default)s")
-    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output-dir")
+    _add_optimisation(train, lr=3e-3, eval_interval=50)
     _add_output(train, "out/train")
     train.set_defaults(handler=cmd_train)
 
@@ -318,11 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_argument("--method", default="pez", choices=["pez", "psgd", "gcg"], help="default %(default)s")
     discover.add_argument("--num-virtual-tokens", type=int, default=10, help="default %(default)s")
     _add_prompt_init(discover)
-    discover.add_argument("--steps", type=int, default=200, help="default %(default)s")
-    discover.add_argument("--lr", type=float, default=0.1, help="default %(default)s")
+    _add_optimisation(discover, lr=0.1, eval_interval=25)
     discover.add_argument("--optimizer", default="adamw", choices=["adamw", "adafactor"], help="default %(default)s")
-    discover.add_argument("--batch-size", type=int, default=16, help="default %(default)s")
-    discover.add_argument("--eval-interval", type=int, default=25, help="default %(default)s")
     discover.add_argument("--restarts", type=int, default=1, help="default %(default)s")
     discover.add_argument("--fluency-weight", type=float, default=0.0, help="λ of the fluency loss (default 0)")
     discover.add_argument("--top-k", type=int, default=64, help="GCG: tokens per position (default %(default)s)")
@@ -330,8 +322,6 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_argument("--ascii-only", action="store_true", help="only printable-ASCII tokens")
     discover.add_argument("--word-start-only", action="store_true", help="only tokens that start a word")
     discover.add_argument("--round-trip-only", action="store_true", help="only tokens that re-encode as themselves")
-    discover.add_argument("--checkpoint-interval", type=int, default=25, help="default %(default)s")
-    discover.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output-dir")
     _add_output(discover, "out/discover")
     discover.set_defaults(handler=cmd_discover)
 
@@ -389,6 +379,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(demo, "out/demo")
     demo.set_defaults(handler=cmd_demo)
     return parser
+
+
+def _add_optimisation(parser: argparse.ArgumentParser, lr: float, eval_interval: int) -> None:
+    group = parser.add_argument_group("optimisation")
+    group.add_argument("--steps", type=int, default=200, help="default %(default)s")
+    group.add_argument("--lr", type=float, default=lr, help="default %(default)s")
+    group.add_argument("--batch-size", type=int, default=16, help="default %(default)s")
+    group.add_argument("--eval-interval", type=int, default=eval_interval, help="default %(default)s")
+    group.add_argument("--checkpoint-interval", type=int, default=25, help="default %(default)s")
+    group.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output-dir")
 
 
 def _add_prompt_init(parser: argparse.ArgumentParser) -> None:

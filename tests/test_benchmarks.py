@@ -1,4 +1,4 @@
-"""Smoke runs of the benchmark scripts on tiny models (the full runs are documented, not part of the suite)."""
+"""Smoke runs of the benchmark scripts on tiny inputs (the full runs are documented, not part of the suite)."""
 
 from __future__ import annotations
 
@@ -9,34 +9,26 @@ import sys
 from conftest import REPO
 
 
-def test_exactness_benchmark_runs_and_reports_zero_difference_on_tiny_models(tmp_path):
-    output = tmp_path / "exactness.json"
+def run_benchmark(name: str, tmp_path, *arguments: str) -> dict:
+    output = tmp_path / f"{name}.json"
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "exactness.py"), "--tiny-only", "--output", str(output)],
+        [sys.executable, str(REPO / "benchmarks" / f"{name}.py"), *arguments, "--output", str(output)],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    rows = json.loads(output.read_text())["rows"]
+    return json.loads(output.read_text())
+
+
+def test_exactness_benchmark_runs_and_reports_zero_difference_on_tiny_models(tmp_path):
+    rows = run_benchmark("exactness", tmp_path, "--tiny-only")["rows"]
     assert len(rows) == 8 and all(row["max_abs_difference"] <= 1e-6 for row in rows)
 
 
 def test_planted_benchmark_quick_run(tmp_path):
-    output = tmp_path / "planted.json"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "planted.py"), "--quick", "--output", str(output)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(output.read_text())["summary"]
+    summary = run_benchmark("planted", tmp_path, "--quick")["summary"]
     assert summary["pez"]["solved"] == "2/2" and summary["gcg"]["solved"] == "2/2"
 
 
 def test_projection_benchmark_quick_run(tmp_path):
-    output = tmp_path / "projection.json"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "projection.py"), "--quick", "--output", str(output)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    (row,) = json.loads(output.read_text())["rows"]
+    (row,) = run_benchmark("projection", tmp_path, "--quick")["rows"]
     assert row["same_ids"] and row["chunked"]["seconds"] > 0

@@ -182,7 +182,8 @@ def test_errors_are_reported_not_raised(capsys, files):
 
 
 @pytest.mark.integration
-def test_demo_reduced_on_the_real_smollm2(capsys, tmp_path):
+def test_demo_reduced_on_the_real_smollm2(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PEFT_SOFTHARD_CACHE", str(tmp_path / "cache"))  # convert the GGUF file, as a new machine does
     result = softhard(capsys, "demo", "--train-rows", "40", "--eval-rows", "16", "--soft-steps", "4",
                       "--hard-steps", "4", "--batch-size", "4", "--output-dir", str(tmp_path))
     assert result["eval_rows"] == 16 and result["train_rows"] == 40
@@ -190,3 +191,28 @@ def test_demo_reduced_on_the_real_smollm2(capsys, tmp_path):
         assert 0 <= result[key]["accuracy"] <= 1
     assert result["hard_round_trips"] is True and len(result["hard_token_ids"]) == 5
     assert result["soft_reading"] and (tmp_path / "training_curves.png").stat().st_size > 1000
+    assert (tmp_path / "cache" / "smollm2-135m" / "model.safetensors").exists()
+
+
+def test_a_task_file_with_jsonl_and_tsv_data(capsys, files, tmp_path):
+    folder = tmp_path / "task"
+    (folder / "data").mkdir(parents=True)
+    rows = [(t, 1) for t in POSITIVE] + [(t, 0) for t in NEGATIVE]
+    (folder / "data" / "train.jsonl").write_text("".join(json.dumps({"review": t, "stars": y}) + "\n" for t, y in rows))
+    (folder / "data" / "dev.tsv").write_text("review\tstars\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
+    (folder / "reviews.yaml").write_text(
+        "name: reviews\ntrain: data/train.jsonl\neval: data/dev.tsv\ntext_column: review\nlabel_column: stars\n"
+        "template: ' {text}. It was'\nlabel_words: [' bad', ' good']\n"
+    )
+    scored = softhard(capsys, "eval", "--model", str(files / "tiny-gpt2"), "--task", str(folder / "reviews.yaml"))
+    assert scored["task"] == "reviews" and scored["examples"] == 12
+
+
+def test_mislabelled_or_malformed_data_is_refused(capsys, files, tmp_path):
+    (tmp_path / "bad.csv").write_text("text,label\nfine,1\nodd,7\n")
+    code = main(["eval", "--model", str(files / "tiny-gpt2"), "--eval-file", str(tmp_path / "bad.csv"),
+                 "--label-word", " no", "--label-word", " yes"])
+    assert code == 2 and "labels [7] are outside 0..1" in capsys.readouterr().err
+    code = main(["eval", "--model", str(files / "tiny-gpt2"), "--eval-file", str(tmp_path / "bad.csv"),
+                 "--text-column", "sentence", "--label-word", " no", "--label-word", " yes"])
+    assert code == 2 and "no column ['sentence']" in capsys.readouterr().err
