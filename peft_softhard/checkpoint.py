@@ -4,7 +4,7 @@ A checkpoint is a folder holding `state.safetensors` (every tensor) and `state.j
 each tensor replaced by a reference to its safetensors key). Nested dicts and lists — an optimiser's
 `state_dict()`, a generator's state, histories — round-trip exactly. Folders and files are written to a
 temporary name and renamed into place, so an interrupted write never replaces a good checkpoint with a
-half-written one.
+half-written one. Under data parallelism only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .distributed import is_main_process
 
 _TENSOR = "__tensor__"
 STATE_TENSORS = "state.safetensors"
@@ -84,7 +86,9 @@ def _existing(directory: Path) -> Path:
 
 
 def write_directory_atomically(directory: str | os.PathLike, write) -> None:
-    """Call `write(staging_folder)`, then swap the staging folder in for `directory`."""
+    """Call `write(staging_folder)`, then swap the staging folder in for `directory` (rank 0 only)."""
+    if not is_main_process():
+        return
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.writing-"))
@@ -103,8 +107,24 @@ def write_directory_atomically(directory: str | os.PathLike, write) -> None:
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to a temporary name and rename it into place (rank 0 only)."""
+    if not is_main_process():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.writing")
     temporary.write_text(text)
     os.replace(temporary, path)
+
+
+def save_adapter_atomically(peft_model: Any, directory: str | os.PathLike, adapter_name: str = "default") -> None:
+    """`peft_model.save_pretrained` into `directory`, atomically, with the adapter at the top of the folder."""
+
+    def write(staging: Path) -> None:
+        peft_model.save_pretrained(str(staging), selected_adapters=[adapter_name])
+        if adapter_name != "default":  # peft puts a non-default adapter in a subfolder; keep the layout flat
+            for item in (staging / adapter_name).iterdir():
+                item.rename(staging / item.name)
+            (staging / adapter_name).rmdir()
+
+    write_directory_atomically(directory, write)

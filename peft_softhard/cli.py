@@ -16,12 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .checkpoint import save_adapter_atomically, write_text_atomically
+from .distributed import init_from_environment, is_main_process
 
 logger = logging.getLogger("peft_softhard")
 
@@ -163,14 +167,13 @@ def cmd_discover(args) -> dict:
                              gcg_candidates=args.candidates, optimizer=args.optimizer, show_progress=not args.json)
     result = run(base, objective, config, prompt, tokenizer, checkpoint_dir=str(output / "checkpoint"),
                  checkpoint_interval=args.checkpoint_interval, resume=args.resume)
-    model = result.to_peft_model(base)
-    model.save_pretrained(str(output / "adapter"))
-    (output / "prompt.txt").write_text(result.text or "")
+    save_adapter_atomically(result.to_peft_model(base), output / "adapter")
+    write_text_atomically(output / "prompt.txt", result.text or "")
     payload = {"task": task.name, "method": result.method, "text": result.text, "token_ids": result.token_ids,
                "best_score": result.best_score, "best_step": result.best_step, "round_trips": result.round_trips,
                "perplexity": result.perplexity, "seconds": result.seconds, "notes": result.notes,
                "score_history": result.score_history, "adapter": str(output / "adapter")}
-    (output / "result.json").write_text(json.dumps(payload, indent=2))
+    write_text_atomically(output / "result.json", json.dumps(payload, indent=2))
     payload["plots"] = [str(plot_training_curves({result.method: (result.loss_history, result.score_history)},
                                                  output / "training_curves.png"))]
     table = _table(["method", "prompt", "best held-out accuracy", "at step", "round trips", "seconds"],
@@ -260,8 +263,7 @@ def cmd_export(args) -> dict:
         export_kobold(model, out, name=args.name or out.stem, author=args.author, description=args.description)
     else:  # the prompt as text: a hard prompt's tokens, or a soft prompt's nearest-token reading
         reading = project_prompt(model, tokenizer)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(reading.text or "")
+        write_text_atomically(out, reading.text or "")
         if reading.mode == "soft":
             logger.warning("A soft prompt's text is only its nearest-token reading; it need not behave the same.")
     payload = {"adapter": args.adapter, "format": args.to, "written": str(out)}
@@ -274,9 +276,8 @@ def cmd_import(args) -> dict:
 
     base, _ = _model(args, "CAUSAL_LM")
     _, meta = read_kobold(args.zip)
-    model = import_kobold(args.zip, base)
-    model.save_pretrained(args.out)
-    length = model.peft_config["default"].num_virtual_tokens
+    save_adapter_atomically(import_kobold(args.zip, base), args.out)
+    length = len(read_kobold(args.zip)[0])
     payload = {"imported": args.zip, "meta": meta, "num_virtual_tokens": length, "adapter": args.out}
     _print(args, payload, f"imported {meta.get('name', args.zip)!r} ({length} vectors) to {args.out}")
     return payload
@@ -413,6 +414,10 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    init_from_environment()  # under torchrun / accelerate launch: data parallelism, rank 0 reports and writes
+    if not is_main_process():
+        os.environ["TQDM_DISABLE"] = "1"
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verbose:
         _quiet_libraries()

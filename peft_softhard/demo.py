@@ -19,6 +19,7 @@ import torch
 def run_demo(args: Any) -> dict:
     from peft import get_peft_model
 
+    from .checkpoint import save_adapter_atomically, write_text_atomically
     from .cli import _table, evaluate_prompt
     from .config import SoftHardConfig
     from .discovery import DiscoveryConfig, run
@@ -66,7 +67,7 @@ def run_demo(args: Any) -> dict:
         eval_interval=max(1, args.hard_steps // 2), seed=args.seed, show_progress=not quiet), hard_prompt, tokenizer,
         checkpoint_dir=str(output / "hard" / "checkpoint"))
     hard_metrics = evaluate_prompt(model, objective, torch.tensor(hard.token_ids))
-    hard.to_peft_model(model).save_pretrained(str(output / "hard" / "adapter"))
+    save_adapter_atomically(hard.to_peft_model(model), output / "hard" / "adapter")
 
     say("[4/4] reading the soft prompt as tokens and scoring that reading")
     reading = project_prompt(soft_model, tokenizer)
@@ -90,7 +91,7 @@ def run_demo(args: Any) -> dict:
         "plot": str(plot), "seconds": round(time.time() - started, 1),
         "outputs": {"soft": str(output / "soft" / "best"), "hard": str(output / "hard" / "adapter")},
     }
-    (output / "demo.json").write_text(json.dumps(payload, indent=2, default=str))
+    write_text_atomically(output / "demo.json", json.dumps(payload, indent=2, default=str))
     if quiet:
         print(json.dumps(payload, indent=2, default=str))
     else:

@@ -35,6 +35,14 @@ from tqdm.auto import tqdm
 
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from .config import SoftHardConfig
+from .distributed import (
+    average_gradients,
+    check_batch_size,
+    check_identical_across_ranks,
+    combine,
+    global_mean,
+    shard,
+)
 from .encoder import SoftHardPromptEncoder
 from .objectives import Objective
 from .projection import module_device, nearest_tokens
@@ -146,6 +154,7 @@ def run(
             search with the same seed would.
     """
     config = config or DiscoveryConfig()
+    check_batch_size(config.batch_size)
     prompt = dataclasses.replace(
         prompt or SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=10), mode="hard", inference_mode=False
     )
@@ -188,12 +197,13 @@ def run(
                         fluency = -prompt_lm_losses(model, ids[None])[0].item() if config.fluency_weight else 0.0
                         best.update(ids, progress["scores"][-1][1], step, restart, tie_break=fluency)
                 except BaseException:
-                    if checkpoint_dir:
+                    if checkpoint_dir:  # (rank 0 writes; see checkpoint.py)
                         save_checkpoint(checkpoint_dir, before)
                     raise
                 if checkpoint_dir and (step % checkpoint_interval == 0 or step == config.steps):
                     save_checkpoint(checkpoint_dir, _snapshot(progress, best, restart, step, encoder, search, started))
                 bar.set_postfix(loss=f"{progress['losses'][-1]:.3f}", best=f"{best.score:.3f}")
+            check_identical_across_ranks([encoder.embedding.weight, encoder.current_token_ids()], "continuous prompt")
             progress["step"] = 0
         token_ids = torch.tensor(best.token_ids, device=module_device(model))
         perplexity = _perplexity(model, token_ids)
@@ -230,18 +240,20 @@ class _GradientSearch:
     def step(self, indices: list[int]) -> float:
         config, encoder = self.config, self.encoder
         self.optimizer.zero_grad()
+        local = shard(indices)  # this process's share of the global batch (all of it without parallelism)
         seen = encoder.prompt_embeddings()  # the projected tokens' embeddings, gradient straight through to P
-        task_loss = self.objective.loss(self.model, seen, indices)
+        task_loss = self.objective.loss(self.model, seen, local)
         loss = task_loss
         if config.fluency_weight:
             loss = _with_fluency(config, task_loss, prompt_lm_loss(self.model, seen, encoder.current_token_ids()))
         loss.backward()
+        average_gradients([self.prompt], len(local), len(indices))
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_([self.prompt], config.grad_clip)
         self.optimizer.step()
         if config.method == "psgd":  # the baseline: the continuous copy is replaced by its projection
             encoder.set_token_ids(encoder.current_token_ids())
-        return task_loss.item()
+        return global_mean(task_loss.item(), len(local), len(indices))
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict()}
@@ -263,12 +275,14 @@ class _GCGSearch:
     def step(self, indices: list[int]) -> float:
         config, model = self.config, self.model
         ids = self.encoder.current_token_ids().clone()
+        local = shard(indices)
         one_hot_point = self.embed(ids).detach().requires_grad_(True)
-        task_loss = self.objective.loss(model, one_hot_point, indices)
+        task_loss = self.objective.loss(model, one_hot_point, local)
         loss = task_loss
         if config.fluency_weight:
             loss = _with_fluency(config, task_loss, prompt_lm_loss(model, one_hot_point, ids))
         (gradient,) = torch.autograd.grad(loss, one_hot_point)
+        gradient = combine(gradient, len(local), len(indices))
         # d loss / d one_hot[i, v] = gradient[i] . E_v: the most promising swaps have the largest -gradient . E_v
         ranked, _ = nearest_tokens(-gradient, self.embed, self.allowed, metric="dot", top_k=self.top_k)
         count = config.gcg_candidates
@@ -276,11 +290,11 @@ class _GCGSearch:
         picks = torch.randint(self.top_k, (count,), generator=self.generator)
         candidates = ids.repeat(count, 1)
         candidates[torch.arange(count), positions] = ranked[positions.to(ranked.device), picks.to(ranked.device)]
-        candidate_losses = self.objective.candidate_losses(model, candidates, indices)
+        candidate_losses = combine(self.objective.candidate_losses(model, candidates, local), len(local), len(indices))
         if config.fluency_weight:
             candidate_losses = _with_fluency(config, candidate_losses, prompt_lm_losses(model, candidates))
         self.encoder.set_token_ids(candidates[candidate_losses.argmin()])
-        return task_loss.item()
+        return global_mean(task_loss.item(), len(local), len(indices))
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

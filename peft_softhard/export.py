@@ -9,6 +9,7 @@ from peft import PromptTuningConfig
 from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from .checkpoint import write_directory_atomically
 from .encoder import ALLOWED_KEY, CONTINUOUS_KEY, TOKEN_IDS_KEY
 
 
@@ -44,7 +45,10 @@ def export_prompt_tuning(peft_model: Any, save_directory: str, adapter_name: str
     for key in (CONTINUOUS_KEY, TOKEN_IDS_KEY, ALLOWED_KEY):
         state.pop(key, None)
     state = {key: tensor.detach().cpu().contiguous() for key, tensor in state.items()}
-    os.makedirs(save_directory, exist_ok=True)
-    plain.save_pretrained(save_directory)
-    save_file(state, os.path.join(save_directory, SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
+
+    def write(staging) -> None:
+        plain.save_pretrained(str(staging))
+        save_file(state, os.path.join(staging, SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
+
+    write_directory_atomically(save_directory, write)
     return save_directory

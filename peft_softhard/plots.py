@@ -46,7 +46,12 @@ def plot_accuracy_vs_length(points: dict[str, list[tuple[int, float]]], path: st
 def _save(figure, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
+    from .distributed import is_main_process
+
     path = Path(path)
+    if not is_main_process():
+        plt.close(figure)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.stem}.writing{path.suffix}")
     figure.tight_layout()

@@ -7,13 +7,17 @@ peft 0.21 only knows the prompt methods it ships, so four things are done here, 
    (reads `embedding.weight` directly at inference, which would skip the hard projection) are wrapped to
    handle SOFTHARD adapters and pass every other adapter through unchanged;
 4. `PeftModelForSeq2SeqLM.forward` / `.generate` are wrapped so SOFTHARD takes the encoder-prompt path that
-   peft reserves for PROMPT_TUNING (other types fall where `generate()` raises NotImplementedError).
+   peft reserves for PROMPT_TUNING (other types fall where `generate()` raises NotImplementedError);
+5. `PeftModel.load_adapter` is wrapped so a truncated or corrupted SOFTHARD weights file gives an error that
+   names the file and the fix instead of safetensors' bare "Error while deserializing header".
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +39,7 @@ def _require_peft_symbols() -> None:
         from peft.utils.peft_types import PeftType, register_peft_method  # noqa: F401
 
         needed = {
-            PeftModel: ("_setup_prompt_encoder", "get_prompt", "_adjust_prompt_learning_kwargs"),
+            PeftModel: ("_setup_prompt_encoder", "get_prompt", "_adjust_prompt_learning_kwargs", "load_adapter"),
             PeftModelForSeq2SeqLM: ("forward", "generate"),
             BasePromptEncoder: ("_get_adapter_state_dict", "_load_adapter_state_dict"),
         }
@@ -152,6 +156,34 @@ def _route_softhard(original: Callable, softhard: Callable, config_of: Callable)
     return wrapper
 
 
+def _explain_corrupted_weights(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def load_adapter(self, model_id, adapter_name, *args, **kwargs):
+        from safetensors import SafetensorError
+
+        try:
+            return original(self, model_id, adapter_name, *args, **kwargs)
+        except SafetensorError as error:
+            folder = os.path.join(str(model_id), kwargs.get("subfolder") or "")
+            if _saved_peft_type(folder) != PEFT_TYPE_NAME:
+                raise
+            raise ValueError(
+                f"{os.path.join(folder, 'adapter_model.safetensors')} is truncated or corrupted ({error}). "
+                "Save the adapter again, or restore it from a backup: nothing was loaded."
+            ) from error
+
+    load_adapter.__softhard_original__ = original
+    return load_adapter
+
+
+def _saved_peft_type(folder: str) -> str | None:
+    try:
+        with open(os.path.join(folder, "adapter_config.json")) as file:
+            return json.load(file).get("peft_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _patch_peft_model() -> None:
     from peft import PeftModel, PeftModelForSeq2SeqLM
 
@@ -166,6 +198,7 @@ def _patch_peft_model() -> None:
     )
     PeftModelForSeq2SeqLM.forward = _route_softhard(PeftModelForSeq2SeqLM.forward, _seq2seq_forward, active)
     PeftModelForSeq2SeqLM.generate = _route_softhard(PeftModelForSeq2SeqLM.generate, _seq2seq_generate, active)
+    PeftModel.load_adapter = _explain_corrupted_weights(PeftModel.load_adapter)
 
 
 def register() -> None:

@@ -87,7 +87,14 @@ class Task:
     ) -> tuple[list[str], list[int]]:
         """Texts and labels of a split; `limit` keeps a seeded random subset (class-balanced if `balanced`)."""
         source = self.source(split, data_dir)
-        rows = _read(source)
+        try:
+            rows = _read(source)
+        except (FileNotFoundError, ValueError) as error:
+            if isinstance(error, FileNotFoundError) or "Unknown" in str(error):
+                raise
+            raise ValueError(
+                f"Task {self.name!r}: the {split} split ({source.location}) is empty or unreadable ({error})."
+            ) from error
         missing = [c for c in [*self.text_columns, self.label_column] if c not in rows.column_names]
         if missing:
             raise ValueError(

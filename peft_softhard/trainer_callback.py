@@ -7,6 +7,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from .checkpoint import save_adapter_atomically
 from .discovery import BestPrompt, frozen
 
 
@@ -57,4 +58,4 @@ class BestHardPromptCallback(TrainerCallback):
         self.history.append((state.global_step, score))
         if self.best.update(ids, score, state.global_step) and state.is_world_process_zero:
             directory = self.save_directory or os.path.join(args.output_dir, "best_hard_prompt")
-            model.save_pretrained(directory, selected_adapters=[adapter])
+            save_adapter_atomically(model, directory, adapter)

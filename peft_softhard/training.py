@@ -33,11 +33,12 @@ from tqdm.auto import tqdm
 from .checkpoint import (
     has_checkpoint,
     load_checkpoint,
+    save_adapter_atomically,
     save_checkpoint,
-    write_directory_atomically,
     write_text_atomically,
 )
 from .discovery import batches, frozen
+from .distributed import average_gradients, check_batch_size, check_identical_across_ranks, global_mean, shard
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ class TrainConfig:
     checkpoint_interval: int = field(default=50, metadata={"help": "Write a resumable checkpoint this often."})
     grad_clip: float | None = field(default=1.0, metadata={"help": "Gradient-norm clip (None: off)."})
     seed: int = field(default=0, metadata={"help": "Seeds the batches (initialise the prompt before training)."})
+    dropout: bool = field(
+        default=False,
+        metadata={"help": "Keep the frozen model's dropout active while training. Off by default: the prompt's "
+                  "gradient is then deterministic, and 1 or N processes give the same result."},
+    )
     load_best_at_end: bool = field(
         default=True, metadata={"help": "Leave the best-scoring prompt (not the last) in the model when done."}
     )
@@ -74,6 +80,7 @@ def train_prompt(
 ) -> TrainResult:
     """Train the active adapter's prompt (and any task head peft trains with it) on `objective`."""
     output_dir = Path(output_dir)
+    check_batch_size(config.batch_size)
     adapter = peft_model.active_adapter
     encoder = peft_model.prompt_encoder[adapter]
     base = peft_model.get_base_model()
@@ -109,15 +116,18 @@ def train_prompt(
     while state["step"] < config.steps:
         before = snapshot()
         try:
-            peft_model.train()
+            peft_model.train(config.dropout)
             optimizer.zero_grad()
-            loss = objective.loss(base, encoder.prompt_embeddings(), next(stream))
+            batch = next(stream)
+            local = shard(batch)  # this process's share of the global batch (all of it without parallelism)
+            loss = objective.loss(base, encoder.prompt_embeddings(), local)
             loss.backward()
+            average_gradients(list(trainable.values()), len(local), len(batch))
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(list(trainable.values()), config.grad_clip)
             optimizer.step()
             state["step"] += 1
-            state["losses"].append(loss.item())
+            state["losses"].append(global_mean(loss.item(), len(local), len(batch)))
             step = state["step"]
             if step % config.eval_interval == 0 or step == config.steps:
                 with frozen(base):
@@ -126,7 +136,7 @@ def train_prompt(
                 if score > state["best_score"]:
                     state["best_score"], state["best_step"] = score, step
                     state["best_parameters"] = {name: p.detach().clone() for name, p in trainable.items()}
-                    _save_adapter(peft_model, adapter, output_dir / "best")
+                    save_adapter_atomically(peft_model, output_dir / "best", adapter)
         except BaseException:  # Ctrl-C or a crash: save the state before this step (the best adapter is on disk)
             save_checkpoint(output_dir / "checkpoint", before)
             progress.close()
@@ -137,7 +147,8 @@ def train_prompt(
         progress.update(1)
         progress.set_postfix(loss=f"{state['losses'][-1]:.3f}", best=f"{state['best_score']:.3f}")
     progress.close()
-    _save_adapter(peft_model, adapter, output_dir / "adapter")
+    check_identical_across_ranks(list(trainable.values()), "trained prompt")
+    save_adapter_atomically(peft_model, output_dir / "adapter", adapter)
     if config.load_best_at_end and state["best_parameters"]:
         with torch.no_grad():
             for name, parameter in trainable.items():
@@ -159,14 +170,3 @@ def _restore(saved: dict[str, Any], trainable: dict[str, torch.Tensor], optimize
     torch.set_rng_state(saved["rng"])
     saved["scores"] = [tuple(s) for s in saved["scores"]]
     return {k: v for k, v in saved.items() if k not in ("parameters", "optimizer", "rng")}
-
-
-def _save_adapter(peft_model: Any, adapter: str, directory: Path) -> None:
-    def write(staging: Path) -> None:
-        peft_model.save_pretrained(str(staging), selected_adapters=[adapter])
-        if adapter != "default":  # peft puts a non-default adapter in a subfolder; keep the layout flat
-            for item in (staging / adapter).iterdir():
-                item.rename(staging / item.name)
-            (staging / adapter).rmdir()
-
-    write_directory_atomically(directory, write)

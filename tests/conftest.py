@@ -9,10 +9,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 import transformers  # noqa: E402
 
 import peft_softhard  # noqa: E402,F401  (registers SOFTHARD)
-from peft_softhard.testing import TASK_MODELS, build  # noqa: E402
+from peft_softhard.testing import TASK_MODELS, build, tiny_gpt2  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PEFT_SOFTHARD_SHARED", REPO.parent / "shared"))
@@ -35,3 +36,33 @@ def saved_models(tmp_path_factory) -> dict[str, Path]:
         paths[task] = root / task
         build(factory).save_pretrained(paths[task])
     return paths
+
+
+POSITIVE = ["a good film", "great fun", "fine acting", "nice story", "a lovely movie", "good and warm"]
+NEGATIVE = ["a bad film", "awful fun", "poor acting", "dull story", "a boring movie", "bad and cold"]
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory):
+    """A tiny GPT-2 and a tiny BERT saved with the real GPT-2 tokenizer, and a small CSV task."""
+    root = tmp_path_factory.mktemp("cli")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(GPT2_TOKENIZER))
+    causal = root / "tiny-gpt2"
+    build(lambda: tiny_gpt2(initializer_range=0.3)).save_pretrained(causal)
+    tokenizer.save_pretrained(causal)
+    encoder = root / "tiny-bert"
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=50257, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        num_labels=2,
+    )).save_pretrained(encoder)
+    tokenizer.save_pretrained(encoder)
+    rows = [(t, 1) for t in POSITIVE] + [(t, 0) for t in NEGATIVE]
+    for name in ("train.csv", "eval.csv"):
+        (root / name).write_text("text,label\n" + "".join(f'"{t}",{y}\n' for t, y in rows))
+    return root
+
+
+def task_args(files) -> list[str]:
+    return ["--train-file", str(files / "train.csv"), "--eval-file", str(files / "eval.csv"),
+            "--template", " {text}. It was", "--label-word", " bad", "--label-word", " good"]

@@ -13,7 +13,7 @@ def run_benchmark(name: str, tmp_path, *arguments: str) -> dict:
     output = tmp_path / f"{name}.json"
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / f"{name}.py"), *arguments, "--output", str(output)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(output.read_text())
@@ -32,3 +32,8 @@ def test_planted_benchmark_quick_run(tmp_path):
 def test_projection_benchmark_quick_run(tmp_path):
     (row,) = run_benchmark("projection", tmp_path, "--quick")["rows"]
     assert row["same_ids"] and row["chunked"]["seconds"] > 0
+
+
+def test_memory_benchmark_quick_run(tmp_path):
+    rows = run_benchmark("memory", tmp_path, "--quick")["rows"]
+    assert [row["loop"] for row in rows] == ["project", "score"] and all(row["iterations"] == 100 for row in rows)

@@ -98,3 +98,17 @@ def test_checkpoints_hold_no_pickle_and_round_trip(tmp_path):
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["state.json", "state.safetensors"]
     with pytest.raises(TypeError, match="without pickle"):
         save_checkpoint(tmp_path / "d", {"bad": object()})
+
+
+def test_the_same_seed_gives_the_same_prompts(tmp_path, sentiment):
+    config = TrainConfig(steps=6, lr=0.05, batch_size=4, eval_interval=3, show_progress=False)
+    soft = [fresh_model("soft") for _ in range(2)]
+    for index, model in enumerate(soft):
+        train_prompt(model, sentiment, config, tmp_path / f"soft{index}")
+    assert torch.equal(*(m.prompt_encoder["default"].embedding.weight for m in soft))
+
+    model = build(lambda: tiny_gpt2(initializer_range=0.3))
+    search = DiscoveryConfig(method="pez", steps=6, batch_size=4, eval_interval=3, lr=0.05, show_progress=False)
+    prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    first, second = run(model, sentiment, search, prompt), run(model, sentiment, search, prompt)
+    assert first.token_ids == second.token_ids and first.loss_history == second.loss_history
