@@ -20,8 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 # Where built-in tasks look for local copies of their data before falling back to the hub.
 DATA_DIR_ENV = "PEFT_SOFTHARD_DATA"
 _SHARED_DATA = Path("..") / "shared" / "data"
@@ -236,7 +234,3 @@ def get_task(name_or_path: str) -> Task:
     raise ValueError(
         f"Unknown task {name_or_path!r}: use one of {sorted(BUILT_IN)} or the path of a task .json/.yaml file."
     )
-
-
-def label_tensor(labels: list[int]) -> torch.Tensor:
-    return torch.tensor(labels, dtype=torch.long)
