@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from .checkpoint import write_directory_atomically
 from .encoder import ALLOWED_KEY, CONTINUOUS_KEY, TOKEN_IDS_KEY
+from .registration import is_softhard
 
 
 def export_prompt_tuning(peft_model: Any, save_directory: str, adapter_name: str | None = None) -> str:
@@ -27,7 +28,7 @@ def export_prompt_tuning(peft_model: Any, save_directory: str, adapter_name: str
     """
     adapter_name = adapter_name or peft_model.active_adapter
     config = peft_model.peft_config[adapter_name]
-    if getattr(config, "peft_type", None) != "SOFTHARD":
+    if not is_softhard(config):
         raise ValueError(f"Adapter {adapter_name!r} is {config.peft_type}, not a SOFTHARD adapter.")
     plain = PromptTuningConfig(
         task_type=config.task_type,

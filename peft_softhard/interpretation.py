@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 
+from .discovery import frozen
 from .projection import distance, nearest_tokens, similarity
+from .registration import is_softhard
 
 
 @dataclass
@@ -171,14 +173,9 @@ def waywardness(peft_model: Any, objective: Any, adapter_name: str | None = None
     _, encoder = _softhard_adapter(peft_model, adapter_name)
     base = peft_model.get_base_model()
     reading = project_prompt(peft_model, tokenizer, adapter_name=adapter_name)
-    was_training = base.training
-    base.eval()
-    try:
-        with torch.no_grad():
-            soft_score = objective.score(base, encoder.prompt_embeddings().detach())
-            projected_score = objective.score(base, torch.tensor(reading.token_ids))
-    finally:
-        base.train(was_training)
+    with frozen(base), torch.no_grad():
+        soft_score = objective.score(base, encoder.prompt_embeddings().detach())
+        projected_score = objective.score(base, torch.tensor(reading.token_ids))
     return WaywardnessReport(
         soft_score, projected_score, reading.token_ids, reading.text, reading.mean_distance, reading.max_distance
     )
@@ -186,7 +183,7 @@ def waywardness(peft_model: Any, objective: Any, adapter_name: str | None = None
 
 def _softhard_adapter(peft_model: Any, adapter_name: str):
     config = peft_model.peft_config[adapter_name]
-    if getattr(config, "peft_type", None) != "SOFTHARD":
+    if not is_softhard(config):
         raise ValueError(
             f"This reads SOFTHARD adapters; adapter {adapter_name!r} is {config.peft_type}. "
             "Create the model with SoftHardConfig."

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .registration import is_softhard
+
 MEMBERS = {"tensor.npy", "meta.json"}
 MAX_TOKENS = 2048
 _MAX_MEMBER_BYTES = 256 * 2**20  # refuse a zip that would unpack into something huge
@@ -26,7 +28,7 @@ def export_kobold(peft_model: Any, path: str | Path, adapter_name: str | None = 
     """Write the adapter's prompt (what the model sees, float32) as a KoboldAI soft-prompt zip."""
     adapter_name = adapter_name or peft_model.active_adapter
     config = peft_model.peft_config[adapter_name]
-    if getattr(config, "peft_type", None) != "SOFTHARD" or config.task_type != "CAUSAL_LM":
+    if not is_softhard(config) or config.task_type != "CAUSAL_LM":
         raise ValueError("KoboldAI soft prompts are for causal LMs: export a CAUSAL_LM SOFTHARD adapter.")
     vectors = peft_model.prompt_encoder[adapter_name].prompt_embeddings().detach().float().cpu().numpy()
     buffer = io.BytesIO()

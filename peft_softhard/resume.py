@@ -11,6 +11,8 @@ from typing import Any
 
 from peft import PeftConfig, PeftModel
 
+from .registration import is_softhard
+
 
 def load_for_training(base_model: Any, adapter_path: str, adapter_name: str = "default", **kwargs: Any) -> PeftModel:
     """Load a saved SOFTHARD adapter onto `base_model`, ready to train further.
@@ -22,7 +24,7 @@ def load_for_training(base_model: Any, adapter_path: str, adapter_name: str = "d
         ```
     """
     config = PeftConfig.from_pretrained(adapter_path)
-    if getattr(config, "peft_type", None) != "SOFTHARD":
+    if not is_softhard(config):
         raise ValueError(f"{adapter_path} holds a {config.peft_type} adapter; load_for_training resumes SOFTHARD ones.")
     model = PeftModel.from_pretrained(base_model, adapter_path, adapter_name=adapter_name, config=config, **kwargs)
     config.inference_mode = False
