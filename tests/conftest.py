@@ -66,3 +66,12 @@ def files(tmp_path_factory):
 def task_args(files) -> list[str]:
     return ["--train-file", str(files / "train.csv"), "--eval-file", str(files / "eval.csv"),
             "--template", " {text}. It was", "--label-word", " bad", "--label-word", " good"]
+
+
+# The three long-running CLI jobs the kill/resume and multi-process tests compare against uninterrupted,
+# single-process runs (with the tiny model and task of `files`).
+CLI_RUNS = {
+    "train-soft": ["train", "--mode", "soft", "--num-virtual-tokens", "3", "--lr", "0.05"],
+    "train-hard": ["train", "--mode", "hard", "--num-virtual-tokens", "3", "--lr", "0.05"],
+    "discover-pez": ["discover", "--method", "pez", "--num-virtual-tokens", "3", "--lr", "0.05"],
+}

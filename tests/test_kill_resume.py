@@ -17,13 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import CLI_RUNS as RUNS
 from conftest import task_args
-
-RUNS = {
-    "train-soft": ["train", "--mode", "soft", "--num-virtual-tokens", "3", "--lr", "0.05"],
-    "train-hard": ["train", "--mode", "hard", "--num-virtual-tokens", "3", "--lr", "0.05"],
-    "discover-pez": ["discover", "--method", "pez", "--num-virtual-tokens", "3", "--lr", "0.05"],
-}
 
 
 def command(files, run: str, output) -> list[str]:
