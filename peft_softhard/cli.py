@@ -4,6 +4,7 @@
     softhard train --task sst2 --num-virtual-tokens 10
     softhard discover --task sst2 --method pez
     softhard eval --task sst2 --adapter out/train/n10/best
+    softhard eval --task sst2 --ensemble out/a/best out/b/best out/c/adapter
     softhard project --adapter out/train/n10/best --top-k 5
     softhard export --adapter out/train/n10/best --to kobold --out prompt.zip
     softhard import prompt.zip --out out/imported
@@ -202,6 +203,8 @@ def cmd_eval(args) -> dict:
     from peft import PeftConfig, PeftModel
 
     task = _task(args)
+    if args.ensemble:
+        return _eval_ensemble(args, task)
     if args.adapter:
         config = PeftConfig.from_pretrained(args.adapter)
         base, tokenizer = _model(args, config.task_type, default=config.base_model_name_or_path)
@@ -226,6 +229,47 @@ def cmd_eval(args) -> dict:
                    [[what, metrics["accuracy"], metrics["macro_f1"], metrics["examples"],
                      metrics["examples_per_second"]]])
     _print(args, payload, table)
+    return payload
+
+
+def _eval_ensemble(args, task) -> dict:
+    """All adapters in one model, every example scored by each in one mixed pass, then combined both ways."""
+    from peft import PeftConfig
+
+    from .ensemble import COMBINE_METHODS, score_ensemble
+    from .metrics import compute_metrics
+    from .mixed_batch import load_adapters
+
+    configs = [PeftConfig.from_pretrained(folder) for folder in args.ensemble]
+    task_types = {str(config.task_type) for config in configs}
+    if len(task_types) > 1:
+        raise ValueError(f"The ensemble's adapters are for different task types {sorted(task_types)}; "
+                         "give adapters trained for one task type.")
+    bases = {config.base_model_name_or_path for config in configs}
+    if len(bases) > 1 and not args.model:
+        raise ValueError(f"The ensemble's adapters were trained on different base models {sorted(map(str, bases))}; "
+                         "give --model to choose the one they all fit.")
+    task_type = task_types.pop()
+    base, tokenizer = _model(args, task_type, default=configs[0].base_model_name_or_path)
+    names = {f"member{i}": folder for i, folder in enumerate(args.ensemble)}  # folder names may repeat ("best")
+    model = load_adapters(base, names)
+    objective = _objective(args, task, tokenizer, task_type)
+    started = time.time()
+    scores = score_ensemble(model, objective, list(names))
+    seconds = time.time() - started
+    labels, rows = scores.labels, []
+    for name, predictions in scores.member_predictions().items():
+        rows.append([f"adapter {names[name]}", compute_metrics(predictions, labels)])
+    for combine in COMBINE_METHODS:
+        rows.append([f"ensemble ({combine})", compute_metrics(scores.predictions(combine), labels)])
+    payload = {"task": task.name, "examples": len(labels), "seconds": round(seconds, 2),
+               "examples_per_second": round(len(labels) / seconds, 1), "combine": args.combine,
+               "results": [{"evaluated": what, **metrics} for what, metrics in rows],
+               "accuracy": scores.accuracy(args.combine)}
+    table = _table(["evaluated", "accuracy", "macro-F1"], [[w, m["accuracy"], m["macro_f1"]] for w, m in rows])
+    _print(args, payload, f"{table}\n{len(labels)} examples x {len(names)} prompts in one batched pass: "
+                          f"{seconds:.1f} s; the ensemble's answer (--combine {args.combine}): "
+                          f"{payload['accuracy']:.4f}")
     return payload
 
 
@@ -333,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--adapter", help="a saved SOFTHARD (or exported PROMPT_TUNING) adapter folder")
     which.add_argument("--prompt-text", help="a hard prompt given as text, put before the task's template")
     which.add_argument("--manual", action="store_true", help="the task's hand-written zero-shot prompt")
+    which.add_argument("--ensemble", nargs="+", metavar="ADAPTER",
+                       help="several saved adapters scored in one batched pass, each alone and combined")
+    evaluate.add_argument("--combine", default="mean", choices=["mean", "vote"],
+                          help="ensemble: mean class log-probability or majority vote (default %(default)s)")
     _add_output(evaluate)
     evaluate.set_defaults(handler=cmd_eval)
 

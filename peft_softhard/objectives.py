@@ -19,7 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .mixed_batch import adapter_prompt, prepend_prompts
 from .projection import module_device
+
+# Prompts for a set of rows: one [n, d] for all, [R, n, d], or a list of R prompts of any lengths.
+Prompts = torch.Tensor | Sequence[torch.Tensor]
 
 # Rows (prompt x example x label word) per forward pass when scoring without gradients.
 DEFAULT_EVAL_ROWS = 64
@@ -46,28 +50,28 @@ def _pad_rows(rows: Sequence[Sequence[int]], targets: Sequence[Sequence[bool]], 
     return _Rows(input_ids, attention_mask, target_mask)
 
 
-def _row_logits(model: nn.Module, prompt_embeds: torch.Tensor, rows: _Rows) -> torch.Tensor:
-    """[R, L, V] logits predicting each row token after the prompt ([n, d] shared, or [R, n, d] per row).
+def _row_logits(model: nn.Module, prompt_embeds: Prompts, rows: _Rows, positions: torch.Tensor | None = None):
+    """[R, L, V] logits predicting each row token after the prompt: one [n, d] for all rows, [R, n, d], or a
+    list of R prompts of any lengths (an empty [0, d]: no prompt). With `positions` [R] (each at least 1):
+    [R, V], the logits predicting only the token at each row's position.
 
     Right padding keeps every real token at the position it has alone, so a row's result does not depend on
-    the batch it is in.
+    the batch it is in (nor on the other rows' prompt lengths).
     """
     device = module_device(model)
     input_ids = rows.input_ids.to(device)
     row_embeds = _embed_ids(model, input_ids)
-    if prompt_embeds.dim() == 2:
-        prompt_embeds = prompt_embeds.unsqueeze(0).expand(input_ids.shape[0], -1, -1)
-    prompt_embeds = prompt_embeds.to(device=device, dtype=row_embeds.dtype)
-    n = prompt_embeds.shape[1]
-    prompt_mask = torch.ones(input_ids.shape[0], n, dtype=torch.long, device=device)
-    mask = torch.cat([prompt_mask, rows.attention_mask.to(device)], 1)
-    logits = model(inputs_embeds=torch.cat([prompt_embeds, row_embeds], dim=1), attention_mask=mask).logits
-    if n == 0:  # no prompt (a manual template alone): nothing predicts a row's first token
-        logits, n = F.pad(logits, (0, 0, 1, 0)), 1
-    return logits[:, n - 1 : n - 1 + input_ids.shape[1]]  # the token at row position t is predicted at n + t - 1
+    batch = prepend_prompts(prompt_embeds, row_embeds, rows.attention_mask.to(device))
+    logits = model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask).logits
+    width = batch.prompt_width  # the token in row column t is predicted at user-layout column P + t - 1
+    if positions is not None:
+        return batch.at(logits, width - 1 + positions)
+    if width == 0:  # no prompt at all (a manual template alone): nothing predicts a row's first token
+        return F.pad(batch.to_user_layout(logits, slice(0, input_ids.shape[1] - 1)), (0, 0, 1, 0))
+    return batch.to_user_layout(logits, slice(width - 1, width - 1 + input_ids.shape[1]))
 
 
-def target_log_probs(model: nn.Module, prompt_embeds: torch.Tensor, rows: _Rows) -> torch.Tensor:
+def target_log_probs(model: nn.Module, prompt_embeds: Prompts, rows: _Rows) -> torch.Tensor:
     """[R] sum of log-probabilities of each row's target tokens after the prompt."""
     log_probs = _row_logits(model, prompt_embeds, rows).float().log_softmax(-1)
     device = log_probs.device
@@ -78,24 +82,29 @@ def target_log_probs(model: nn.Module, prompt_embeds: torch.Tensor, rows: _Rows)
 @torch.no_grad()
 def candidate_target_log_probs(
     model: nn.Module,
-    prompts: torch.Tensor,
+    prompts: torch.Tensor | Sequence[torch.Tensor],
     rows: _Rows,
     max_rows: int = DEFAULT_EVAL_ROWS,
-    reduce: Callable[[nn.Module, torch.Tensor, _Rows], torch.Tensor] = target_log_probs,
+    reduce: Callable[[nn.Module, Prompts, _Rows], torch.Tensor] = target_log_probs,
 ) -> torch.Tensor:
     """[C, R, ...] `reduce` (default: target log-probabilities) of every row after each of C prompts
-    ([C, n] ids or [C, n, d] vectors), `max_rows` rows a forward."""
-    prompts = as_prompt_embeds(model, prompts)
-    num_rows = rows.input_ids.shape[0]
+    ([C, n] ids or [C, n, d] vectors, or a list of C prompts of any lengths), `max_rows` rows a forward."""
+    if isinstance(prompts, torch.Tensor):
+        prompts = as_prompt_embeds(model, prompts)
+    else:
+        prompts = [as_prompt_embeds(model, prompt) for prompt in prompts]
+    num_prompts, num_rows = len(prompts), rows.input_ids.shape[0]
     results = []
-    for start in range(0, prompts.shape[0] * num_rows, max_rows):
-        flat = torch.arange(start, min(start + max_rows, prompts.shape[0] * num_rows))
+    for start in range(0, num_prompts * num_rows, max_rows):
+        flat = torch.arange(start, min(start + max_rows, num_prompts * num_rows))
         row = flat % num_rows
         length = int(rows.attention_mask[row].sum(1).max())  # drop columns that are padding in this chunk
         chunk = _Rows(rows.input_ids[row, :length], rows.attention_mask[row, :length], rows.target_mask[row, :length])
-        results.append(reduce(model, prompts[flat // num_rows], chunk))
+        which = flat // num_rows
+        chunk_prompts = prompts[which] if isinstance(prompts, torch.Tensor) else [prompts[c] for c in which]
+        results.append(reduce(model, chunk_prompts, chunk))
     results = torch.cat(results)
-    return results.view(prompts.shape[0], num_rows, *results.shape[1:])
+    return results.view(num_prompts, num_rows, *results.shape[1:])
 
 
 def _embed_ids(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -195,10 +204,9 @@ class ClassificationObjective(Objective):
 
     def _label_log_probs(self, model, prompt_embeds, rows: _Rows) -> torch.Tensor:
         """[R, classes] for single-token label words: the label distribution at each row's label position."""
-        logits = _row_logits(model, prompt_embeds, rows)
-        position = rows.target_mask.to(torch.long).argmax(1).to(logits.device)
-        label_logits = logits[torch.arange(logits.shape[0], device=logits.device), position].float()
-        return label_logits.log_softmax(-1)[:, self.first_label_ids.to(logits.device)]
+        position = rows.target_mask.to(torch.long).argmax(1)
+        label_logits = _row_logits(model, prompt_embeds, rows, positions=position).float()
+        return label_logits.log_softmax(-1)[:, self.first_label_ids.to(label_logits.device)]
 
     def _class_log_probs(self, model, prompt_embeds, examples) -> torch.Tensor:
         """[examples, classes] log-probabilities of every label word after one prompt [n, d]."""
@@ -234,6 +242,16 @@ class ClassificationObjective(Objective):
         examples, _ = self.held_out if split == "held_out" else self.train
         log_probs = self._candidate_class_log_probs(model, prompt[None], examples, DEFAULT_EVAL_ROWS)[0]
         return log_probs.argmax(-1).cpu().tolist()
+
+    @torch.no_grad()
+    def member_log_probs(self, peft_model, adapter_names: Sequence[str], split: str = "held_out") -> torch.Tensor:
+        """[adapters, examples, classes] class log-probabilities (normalised over the classes) of each adapter's
+        prompt ("__base__": none) on the held-out (or "train") examples, all prompts mixed in the same batches."""
+        examples, _ = self.held_out if split == "held_out" else self.train
+        prompts = [adapter_prompt(peft_model, name).detach() for name in adapter_names]
+        model = peft_model.get_base_model()
+        log_probs = self._candidate_class_log_probs(model, prompts, examples, DEFAULT_EVAL_ROWS)
+        return log_probs.float().log_softmax(-1)
 
     def accuracy(self, model, prompt: torch.Tensor, split: str = "held_out") -> float:
         """Accuracy of one prompt (ids [n] or vectors [n, d]) on the held-out (or "train") examples."""
@@ -354,6 +372,23 @@ class SequenceClassificationObjective(Objective):
     def candidate_losses(self, model, prompts, indices, max_rows=DEFAULT_EVAL_ROWS):
         with torch.no_grad():
             return torch.stack([self.loss(model, prompt, indices) for prompt in prompts])
+
+    @torch.no_grad()
+    def member_log_probs(self, peft_model, adapter_names: Sequence[str], split: str = "held_out",
+                         batch_size: int = 32) -> torch.Tensor:
+        """[adapters, examples, classes] log-probabilities from each adapter's prompt and head, every batch of
+        texts repeated once per adapter and run as one mixed batch (`adapter_names=`)."""
+        texts, _ = self.held_out if split == "held_out" else self.train
+        members, chunks = len(adapter_names), []
+        for start in range(0, len(texts), batch_size):
+            batch = self.tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True,
+                                   truncation=True, max_length=self.max_length).to(module_device(peft_model))
+            rows = len(batch["input_ids"])
+            logits = peft_model(input_ids=batch["input_ids"].repeat(members, 1),
+                                attention_mask=batch["attention_mask"].repeat(members, 1),
+                                adapter_names=[name for name in adapter_names for _ in range(rows)]).logits
+            chunks.append(logits.float().log_softmax(-1).view(members, rows, -1))
+        return torch.cat(chunks, 1)
 
     def score(self, model, prompt):
         split = "held_out" if self.has_held_out else "train"

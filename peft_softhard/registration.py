@@ -1,6 +1,6 @@
 """Registers the SOFTHARD method with peft. Every contact with peft's internals is in this module.
 
-peft 0.21 only knows the prompt methods it ships, so four things are done here, once, at import:
+peft 0.21 only knows the prompt methods it ships, so these things are done here, once, at import:
 1. `PeftType` gets a SOFTHARD member (`register_peft_method` refuses names the enum lacks);
 2. `register_peft_method` fills peft's tables (config class, encoder class, key prefix);
 3. `PeftModel._setup_prompt_encoder` (builds only the encoders it knows) and `PeftModel.get_prompt`
@@ -8,7 +8,11 @@ peft 0.21 only knows the prompt methods it ships, so four things are done here, 
    handle SOFTHARD adapters and pass every other adapter through unchanged;
 4. `PeftModelForSeq2SeqLM.forward` / `.generate` are wrapped so SOFTHARD takes the encoder-prompt path that
    peft reserves for PROMPT_TUNING (other types fall where `generate()` raises NotImplementedError);
-5. `PeftModel.load_adapter` is wrapped so a truncated or corrupted SOFTHARD weights file gives an error that
+5. the task models' `forward` and `generate` are wrapped to take `adapter_names=` (one adapter per row) for
+   prompt adapters, which peft drops (see `mixed_batch`); LoRA-style adapters still go to peft;
+6. `PeftModel.delete_adapter` is wrapped for prompt adapters: peft 0.21 hands every remaining adapter to each
+   task head's `delete_adapter`, which refuses more than one, so deleting one of three SEQ_CLS adapters failed;
+7. `PeftModel.load_adapter` is wrapped so a truncated or corrupted SOFTHARD weights file gives an error that
    names the file and the fix instead of safetensors' bare "Error while deserializing header".
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import inspect
 import json
 import os
 from collections.abc import Callable
@@ -26,6 +31,9 @@ PEFT_TYPE_NAME = "SOFTHARD"
 # peft warns when an adapter name is a substring of the method's key prefix; "softhard_" would catch the
 # natural names "soft" and "hard". No key of our state dict starts with this prefix, so peft renames none.
 KEY_PREFIX = "shvt_"
+MIXED_BATCH_FORWARD = ("PeftModelForCausalLM", "PeftModelForSeq2SeqLM", "PeftModelForSequenceClassification",
+                       "PeftModelForTokenClassification", "PeftModelForFeatureExtraction")
+MIXED_BATCH_GENERATE = ("PeftModelForCausalLM", "PeftModelForSeq2SeqLM")
 
 
 def _require_peft_symbols() -> None:
@@ -33,17 +41,22 @@ def _require_peft_symbols() -> None:
     version = importlib.metadata.version("peft")
     problem = None
     try:
-        from peft import PeftModel, PeftModelForSeq2SeqLM
+        import peft
         from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING  # noqa: F401
-        from peft.tuners.tuners_utils import BasePromptEncoder
+        from peft.tuners import tuners_utils
         from peft.utils.peft_types import PeftType, register_peft_method  # noqa: F401
 
-        needed = {
-            PeftModel: ("_setup_prompt_encoder", "get_prompt", "_adjust_prompt_learning_kwargs", "load_adapter"),
-            PeftModelForSeq2SeqLM: ("forward", "generate"),
-            BasePromptEncoder: ("_get_adapter_state_dict", "_load_adapter_state_dict"),
-        }
-        missing = [f"{cls.__name__}.{name}" for cls, names in needed.items() for name in names if name not in vars(cls)]
+        classes = {name: getattr(peft, name, None) for name in ("PeftModel", *MIXED_BATCH_FORWARD)}
+        classes["BasePromptEncoder"] = getattr(tuners_utils, "BasePromptEncoder", None)
+        needed = [
+            *[("PeftModel", name) for name in ("_setup_prompt_encoder", "get_prompt", "_adjust_prompt_learning_kwargs",
+                                               "load_adapter", "delete_adapter")],
+            *[("BasePromptEncoder", name) for name in ("_get_adapter_state_dict", "_load_adapter_state_dict")],
+            *[(task_model, "forward") for task_model in MIXED_BATCH_FORWARD],
+            *[(task_model, "generate") for task_model in MIXED_BATCH_GENERATE],
+        ]
+        missing = [f"{owner}.{name}" for owner, name in needed
+                   if classes[owner] is None or name not in vars(classes[owner])]
         if missing:
             problem = f"missing {', '.join(missing)}"
         if not hasattr(PeftType, "_member_map_"):
@@ -143,17 +156,81 @@ def _prepend_prompt(peft_model: Any, inputs_embeds: Any, attention_mask: Any) ->
     return torch.cat((prompts, inputs_embeds), dim=1), attention_mask
 
 
+def is_prompt_adapter(config: Any) -> bool:
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
 def _route_softhard(original: Callable, softhard: Callable, config_of: Callable) -> Callable:
     """Wrap a peft method so SOFTHARD adapters go to `softhard` and everything else to `original`."""
+    return _route(original, softhard, config_of, is_softhard)
+
+
+def _route(original: Callable, ours: Callable, config_of: Callable, is_ours: Callable[[Any], bool]) -> Callable:
+    """Wrap a peft method so adapters whose config `is_ours` go to `ours` and everything else to `original`."""
 
     @functools.wraps(original)
     def wrapper(self, *args, **kwargs):
-        if is_softhard(config_of(self, *args)):
-            return softhard(self, *args, **kwargs)
+        if is_ours(config_of(self, *args)):
+            return ours(self, *args, **kwargs)
         return original(self, *args, **kwargs)
 
     wrapper.__softhard_original__ = original
     return wrapper
+
+
+def _accept_adapter_names(original: Callable, mixed: Callable) -> Callable:
+    """Wrap a task model's forward/generate so `adapter_names=[...]` selects each row's prompt adapter."""
+    from .mixed_batch import handles_adapter_names
+
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def wrapper(self, *args, **kwargs):
+        if not handles_adapter_names(self, kwargs.get("adapter_names")):
+            return original(self, *args, **kwargs)
+        return mixed(self, **_as_keywords(signature, self, args, kwargs))
+
+    wrapper.__softhard_original__ = original
+    return wrapper
+
+
+def _as_keywords(signature: inspect.Signature, model: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """A call's arguments by name (a bare `*args` call such as generate(ids) gives its first one as input_ids)."""
+    bound = signature.bind(model, *args, **kwargs)
+    named: dict[str, Any] = {}
+    for name, value in list(bound.arguments.items())[1:]:
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if len(value) > 1:
+                raise TypeError("With adapter_names, pass inputs by keyword (input_ids=..., attention_mask=...).")
+            if value:
+                named["input_ids"] = value[0]
+        else:
+            named[name] = value
+    return named
+
+
+def _delete_prompt_adapter(peft_model: Any, adapter_name: str) -> None:
+    """peft's deletion of a prompt adapter, with one new active adapter (the current one when it stays)."""
+    import warnings
+
+    from peft.tuners.tuners_utils import _delete_auxiliary_adapter
+
+    del peft_model.peft_config[adapter_name]
+    del peft_model.prompt_encoder[adapter_name]
+    del peft_model.prompt_tokens[adapter_name]
+    remaining = list(peft_model.peft_config)
+    active = peft_model.active_adapter
+    keep = active if active != adapter_name else (remaining[0] if remaining else None)
+    _delete_auxiliary_adapter(peft_model.base_model, adapter_name=adapter_name,
+                              new_active_adapters=[keep] if keep else None)
+    if active == adapter_name:
+        if keep:
+            warnings.warn(f"Adapter {adapter_name} was active which is now deleted. Setting active adapter to {keep}.",
+                          stacklevel=3)
+        peft_model.active_adapter = keep or []
 
 
 def _explain_corrupted_weights(original: Callable) -> Callable:
@@ -185,7 +262,11 @@ def _saved_peft_type(folder: str) -> str | None:
 
 
 def _patch_peft_model() -> None:
-    from peft import PeftModel, PeftModelForSeq2SeqLM
+    import peft
+
+    from .mixed_batch import mixed_forward, mixed_generate
+
+    PeftModel, PeftModelForSeq2SeqLM = peft.PeftModel, peft.PeftModelForSeq2SeqLM  # noqa: N806
 
     if hasattr(PeftModel._setup_prompt_encoder, "__softhard_original__"):
         return
@@ -199,6 +280,14 @@ def _patch_peft_model() -> None:
     PeftModelForSeq2SeqLM.forward = _route_softhard(PeftModelForSeq2SeqLM.forward, _seq2seq_forward, active)
     PeftModelForSeq2SeqLM.generate = _route_softhard(PeftModelForSeq2SeqLM.generate, _seq2seq_generate, active)
     PeftModel.load_adapter = _explain_corrupted_weights(PeftModel.load_adapter)
+    PeftModel.delete_adapter = _route(PeftModel.delete_adapter, _delete_prompt_adapter,
+                                      lambda model, name: model.peft_config.get(name), is_prompt_adapter)
+    for task_model in MIXED_BATCH_FORWARD:
+        cls = getattr(peft, task_model)
+        cls.forward = _accept_adapter_names(cls.forward, mixed_forward)
+    for task_model in MIXED_BATCH_GENERATE:
+        cls = getattr(peft, task_model)
+        cls.generate = _accept_adapter_names(cls.generate, mixed_generate)
 
 
 def register() -> None:

@@ -84,7 +84,7 @@ def train_prompt(
     adapter = peft_model.active_adapter
     encoder = peft_model.prompt_encoder[adapter]
     base = peft_model.get_base_model()
-    trainable = {name: p for name, p in peft_model.named_parameters() if p.requires_grad}
+    trainable = _adapter_parameters(peft_model, adapter)
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.lr, weight_decay=config.weight_decay)
     state: dict[str, Any] = {"step": 0, "losses": [], "scores": [], "best_score": -math.inf, "best_step": -1,
                              "seconds": 0.0, "best_parameters": {}}
@@ -157,6 +157,14 @@ def train_prompt(
                          [tuple(s) for s in state["scores"]], state["step"], time.time() - started, resumed_from)
     write_text_atomically(output_dir / "history.json", json.dumps(asdict(result), indent=1))
     return result
+
+
+def _adapter_parameters(peft_model: Any, adapter: str) -> dict[str, torch.Tensor]:
+    """The trainable parameters of one adapter: its prompt and its own copies of task heads. The model's other
+    adapters stay untouched, whatever their requires_grad says."""
+    own = (f"prompt_encoder.{adapter}.", f"modules_to_save.{adapter}.")
+    return {name: p for name, p in peft_model.named_parameters()
+            if p.requires_grad and any(part in name for part in own)}
 
 
 def _restore(saved: dict[str, Any], trainable: dict[str, torch.Tensor], optimizer) -> dict[str, Any]:

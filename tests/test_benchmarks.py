@@ -37,3 +37,11 @@ def test_projection_benchmark_quick_run(tmp_path):
 def test_memory_benchmark_quick_run(tmp_path):
     rows = run_benchmark("memory", tmp_path, "--quick")["rows"]
     assert [row["loop"] for row in rows] == ["project", "score"] and all(row["iterations"] == 100 for row in rows)
+
+
+def test_mixed_batch_benchmark_tiny_run(tmp_path):
+    results = run_benchmark("mixed_batch", tmp_path, "--tiny", "--work-dir", str(tmp_path / "work"))
+    assert [row["tasks"] for row in results["throughput"]] == [1, 2, 4, 8]
+    assert results["max_abs_logit_difference"]["mixed_vs_alone"] < 1e-4
+    assert set(results["ensemble"]["members"]) == {"soft0", "soft1", "soft2", "pez"}
+    assert set(results["ensemble"]["ensemble"]) == {"mean", "vote"}

@@ -83,6 +83,35 @@ def test_train_a_soft_prompt_with_a_classification_head(capsys, files, tmp_path)
     assert scored["accuracy"] == result["runs"][0]["best_score"]
 
 
+@pytest.mark.parametrize(("model", "task_type"), [("tiny-gpt2", "CAUSAL_LM"), ("tiny-bert", "SEQ_CLS")])
+def test_eval_an_ensemble(capsys, files, tmp_path, model, task_type):
+    model = ["--model", str(files / model)]
+    adapters = []
+    for mode, length in [("soft", "2"), ("hard", "4"), ("soft", "3")]:
+        trained = softhard(capsys, "train", *model, "--task-type", task_type, *task_args(files), "--mode", mode,
+                           "--num-virtual-tokens", length, "--steps", "2", "--batch-size", "4", "--lr", "0.3",
+                           "--eval-interval", "2", "--output-dir", str(tmp_path / f"{mode}{length}"))
+        adapters.append(trained["runs"][0]["adapter"])
+    scored = softhard(capsys, "eval", *model, *task_args(files), "--ensemble", *adapters, "--combine", "vote")
+    assert [r["evaluated"] for r in scored["results"]] == [
+        *[f"adapter {a}" for a in adapters], "ensemble (mean)", "ensemble (vote)"]
+    for adapter, member in zip(adapters, scored["results"], strict=False):  # each member as it scores alone
+        alone = softhard(capsys, "eval", *model, *task_args(files), "--adapter", adapter)
+        assert member["accuracy"] == alone["accuracy"]
+    assert scored["accuracy"] == scored["results"][-1]["accuracy"] and scored["examples"] == 12
+
+
+def test_an_ensemble_of_adapters_for_different_task_types_is_refused(capsys, files, tmp_path):
+    adapters = []
+    for model, task_type in [("tiny-gpt2", "CAUSAL_LM"), ("tiny-bert", "SEQ_CLS")]:
+        trained = softhard(capsys, "train", "--model", str(files / model), "--task-type", task_type, *task_args(files),
+                           "--num-virtual-tokens", "2", "--steps", "1", "--batch-size", "4", "--eval-interval", "1",
+                           "--output-dir", str(tmp_path / model))
+        adapters.append(trained["runs"][0]["adapter"])
+    assert main(["eval", *task_args(files), "--ensemble", *adapters]) == 2
+    assert "different task types ['CAUSAL_LM', 'SEQ_CLS']" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("method", ["pez", "gcg"])
 def test_discover(capsys, files, tmp_path, method):
     result = softhard(capsys, "discover", "--model", str(files / "tiny-gpt2"), *task_args(files), "--method", method,

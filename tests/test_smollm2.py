@@ -42,3 +42,20 @@ def test_hard_prompt_is_exact_and_survives_save_and_load(smollm2, tmp_path):
     assert torch.equal(again.prompt_encoder["default"].current_token_ids(), ids)
     with torch.no_grad():
         assert torch.equal(again(**batch).logits, ours)
+
+
+def test_the_serving_example_runs(tmp_path):
+    """docs/examples/serving.py on the real SmolLM2 (a few dev rows): mixed batch, generate, ensemble, reload."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO, SHARED
+
+    environment = {**os.environ, "SERVING_DEV_ROWS": "8", "PEFT_SOFTHARD_SHARED": str(SHARED)}
+    result = subprocess.run([sys.executable, str(REPO / "docs" / "examples" / "serving.py")], capture_output=True,
+                            text=True, timeout=600, env=environment)
+    assert result.returncode == 0, result.stderr
+    assert "[ __base__] 'The capital of France is' -> next ' Paris'" in result.stdout
+    assert "ensemble mean" in result.stdout
+    assert "reloaded adapters ['news', 'sentiment', 'soft']; same logits: True" in result.stdout
