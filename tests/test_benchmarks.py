@@ -45,3 +45,10 @@ def test_mixed_batch_benchmark_tiny_run(tmp_path):
     assert results["max_abs_logit_difference"]["mixed_vs_alone"] < 1e-4
     assert set(results["ensemble"]["members"]) == {"soft0", "soft1", "soft2", "pez"}
     assert set(results["ensemble"]["ensemble"]) == {"mean", "vote"}
+
+
+def test_cost_benchmark_tiny_run(tmp_path):
+    results = run_benchmark("cost", tmp_path, "--tiny")
+    assert set(results["ratio_to_floor"]) == {"floor", "soft", "hard", "stock PROMPT_TUNING"}
+    assert results["ratio_to_floor"]["floor"] == 1.0 and all(v > 0 for v in results["step_seconds"].values())
+    assert len(results["length_batch_sweep"]) == 4 and all(v > 0 for v in results["peak_rss_mib"].values())

@@ -1,0 +1,206 @@
+"""Cost of a training step: our soft and hard (PEZ) modes and stock peft PROMPT_TUNING against the floor.
+
+The floor is what any prompt method pays: a forward and backward of the frozen model with gradients only to
+the input embeddings (a prompt tensor that is a plain leaf, no optimizer). Every method runs the same task
+loss (SmolLM2-135M, SST-2 rows in the manual template, label words " negative"/" positive") on the same
+batches, 10 virtual tokens:
+- floor: the loss and its backward, nothing else;
+- soft: our SOFTHARD soft prompt — the loss, backward, AdamW step;
+- hard: our SOFTHARD hard prompt (PEZ) — the nearest-token projection of the changed prompt over the whole
+  vocabulary, the straight-through loss, backward, AdamW step;
+- stock PROMPT_TUNING: peft's own prompt embedding, the same loss, backward, AdamW step.
+Step times are measured in one process, the methods interleaved, median of repeats; peak memory in one fresh
+process per method: the highest RSS while stepping (the peak is reset after loading the model, so loading's
+own peak does not hide the step's). A second table shows how the soft step's time grows with prompt length and batch.
+
+    python benchmarks/cost.py            # SmolLM2: ~4 min on 2 cores
+    python benchmarks/cost.py --quick    # SmolLM2, fewer repeats
+    python benchmarks/cost.py --tiny     # a tiny random GPT-2 (the test suite's smoke run)
+
+Writes benchmarks/results/cost.json and a markdown table next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from reporting import write_results
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "cost.json"
+SHARED = HERE.parents[1] / "shared"
+METHODS = ["floor", "soft", "hard", "stock PROMPT_TUNING"]
+PLANS = {  # interleaved repeats, memory steps, sweep repeats, batch size of the main table
+    "full": {"repeats": 10, "memory_steps": 5, "sweep_repeats": 3, "batch": 8,
+             "lengths": [1, 5, 10, 20], "batches": [4, 8, 16]},
+    "quick": {"repeats": 3, "memory_steps": 2, "sweep_repeats": 1, "batch": 8,
+              "lengths": [1, 10, 20], "batches": [4, 8]},
+    "tiny": {"repeats": 2, "memory_steps": 1, "sweep_repeats": 1, "batch": 4, "lengths": [1, 5], "batches": [2, 4]},
+}
+
+
+def load(tiny: bool):
+    if tiny:
+        import transformers
+
+        from peft_softhard.testing import build, tiny_gpt2
+
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(SHARED / "models" / "gpt2-tokenizer"))
+        return build(lambda: tiny_gpt2(initializer_range=0.3)), tokenizer
+    from peft_softhard.models import load_model
+
+    return load_model("smollm2-135m")
+
+
+def sst2_objective(tokenizer, rows: int = 256):
+    from peft_softhard import ClassificationObjective
+    from peft_softhard.tasks import SST2
+
+    texts, labels = SST2.load("train", limit=rows, seed=0, data_dir=str(SHARED / "data"))
+    return ClassificationObjective(tokenizer, texts, labels, template=SST2.manual_template,
+                                   label_words=SST2.label_words)
+
+
+def make_step(method: str, base, objective, length: int):
+    """A function that runs one training step of `method` on a batch of example indices."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    from peft_softhard import SoftHardConfig
+
+    base.requires_grad_(False)
+    if method == "floor":
+        prompt = base.get_input_embeddings().weight[:length].detach().clone().requires_grad_(True)
+
+        def floor_step(indices):
+            prompt.grad = None
+            objective.loss(base, prompt, indices).backward()
+
+        return floor_step
+    if method == "stock PROMPT_TUNING":
+        peft_model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=length))
+        encoder = peft_model.prompt_encoder["default"]
+        tokens = peft_model.prompt_tokens["default"]
+        prompt_of = lambda: encoder(tokens)  # noqa: E731
+    else:
+        config = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=length, mode=method, init="vocab")
+        peft_model = get_peft_model(base, config)
+        encoder = peft_model.prompt_encoder["default"]
+        prompt_of = encoder.prompt_embeddings
+    parameters = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=3e-3)
+
+    def step(indices):
+        optimizer.zero_grad()
+        objective.loss(base, prompt_of(), indices).backward()
+        optimizer.step()
+
+    return step
+
+
+def batches(objective, size: int, count: int, seed: int = 0) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randperm(objective.num_train, generator=generator)[:size].tolist() for _ in range(count)]
+
+
+def interleaved_step_times(base, objective, methods: list[str], length: int, batch: int, repeats: int):
+    """Median seconds per step of each method, the methods taking turns (a warm-up step each first)."""
+    steps = {method: make_step(method, base, objective, length) for method in methods}
+    work = batches(objective, batch, repeats + 1)
+    for method in methods:
+        steps[method](work[0])
+    times: dict[str, list[float]] = {method: [] for method in methods}
+    for repeat, indices in enumerate(work[1:]):
+        order = methods[repeat % len(methods):] + methods[: repeat % len(methods)]  # rotate who goes first
+        for method in order:
+            started = time.perf_counter()
+            steps[method](indices)
+            times[method].append(time.perf_counter() - started)
+    return {method: statistics.median(values) for method, values in times.items()}
+
+
+def peak_memory_mib(method: str, args) -> float:
+    """Peak RSS while a fresh process (model loaded) runs a few steps of `method`."""
+    command = [sys.executable, __file__, "--memory-of", method, "--plan", args.plan_name]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def memory_child(method: str, plan_name: str) -> None:
+    """Runs in a fresh process: the peak RSS while stepping, loading's own peak excluded."""
+    plan = PLANS[plan_name]
+    base, tokenizer = load(plan_name == "tiny")
+    objective = sst2_objective(tokenizer)
+    step = make_step(method, base, objective, 10)
+    resting = _status_mib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
+    for indices in batches(objective, plan["batch"], plan["memory_steps"]):
+        step(indices)
+    print(json.dumps({"peak_mib": _status_mib("VmHWM"), "resting_mib": resting}))
+
+
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def markdown(main: dict, memory: dict, sweep: list[dict]) -> str:
+    floor_time, floor_memory = main["floor"], memory["floor"]
+    lines = ["| method | step time (s) | × floor | peak RSS (MiB) | over floor (MiB) |", "|---|---|---|---|---|"]
+    for method in METHODS:
+        lines.append(f"| {method} | {main[method]:.3f} | {main[method] / floor_time:.3f} | {memory[method]:.0f} | "
+                     f"{memory[method] - floor_memory:+.0f} |")
+    lengths = sorted({row["length"] for row in sweep})
+    lines += ["", "| soft step (s) | " + " | ".join(f"{n} tokens" for n in lengths) + " |",
+              "|---|" + "---|" * len(lengths)]
+    for size in sorted({row["batch"] for row in sweep}):
+        cells = [next(r["seconds"] for r in sweep if r["batch"] == size and r["length"] == n) for n in lengths]
+        lines.append(f"| batch {size} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true")
+    size.add_argument("--tiny", action="store_true")
+    parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: the child that measures one method
+    parser.add_argument("--plan", default="full", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_of:
+        memory_child(args.memory_of, args.plan)
+        return
+    args.plan_name = "tiny" if args.tiny else "quick" if args.quick else "full"
+    plan, started = PLANS[args.plan_name], time.time()
+    torch.manual_seed(0)
+    base, tokenizer = load(args.tiny)
+    objective = sst2_objective(tokenizer)
+    main_times = interleaved_step_times(base, objective, METHODS, 10, plan["batch"], plan["repeats"])
+    memory = {method: peak_memory_mib(method, args) for method in METHODS}
+    sweep = []
+    for length in plan["lengths"]:
+        for batch in plan["batches"]:
+            seconds = interleaved_step_times(base, objective, ["soft"], length, batch, plan["sweep_repeats"])["soft"]
+            sweep.append({"length": length, "batch": batch, "seconds": round(seconds, 4)})
+    table = markdown(main_times, memory, sweep)
+    print(table)
+    output = Path(args.output)
+    output.with_suffix(".md").write_text(table + "\n")
+    write_results(output, "training-step cost against the floor", started, plan=args.plan_name,
+                  model="tiny-gpt2" if args.tiny else "smollm2-135m", num_virtual_tokens=10, batch_size=plan["batch"],
+                  step_seconds={m: round(t, 4) for m, t in main_times.items()},
+                  ratio_to_floor={m: round(t / main_times["floor"], 3) for m, t in main_times.items()},
+                  peak_rss_mib={m: round(v, 1) for m, v in memory.items()}, length_batch_sweep=sweep)
+
+
+if __name__ == "__main__":
+    main()
