@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 from reporting import write_results
+from subjects import SHARED, load
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "cost.json"
-SHARED = HERE.parents[1] / "shared"
 METHODS = ["floor", "soft", "hard", "stock PROMPT_TUNING"]
 PLANS = {  # interleaved repeats, memory steps, sweep repeats, batch size of the main table
     "full": {"repeats": 10, "memory_steps": 5, "sweep_repeats": 3, "batch": 8,
@@ -44,19 +44,6 @@ PLANS = {  # interleaved repeats, memory steps, sweep repeats, batch size of the
               "lengths": [1, 10, 20], "batches": [4, 8]},
     "tiny": {"repeats": 2, "memory_steps": 1, "sweep_repeats": 1, "batch": 4, "lengths": [1, 5], "batches": [2, 4]},
 }
-
-
-def load(tiny: bool):
-    if tiny:
-        import transformers
-
-        from peft_softhard.testing import build, tiny_gpt2
-
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(SHARED / "models" / "gpt2-tokenizer"))
-        return build(lambda: tiny_gpt2(initializer_range=0.3)), tokenizer
-    from peft_softhard.models import load_model
-
-    return load_model("smollm2-135m")
 
 
 def sst2_objective(tokenizer, rows: int = 256):

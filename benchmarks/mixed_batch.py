@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 from reporting import write_results
+from subjects import SHARED, load
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "mixed_batch.json"
-SHARED = HERE.parents[1] / "shared"
 PROMPT_LENGTHS = [10, 20, 5, 10, 15, 10, 5, 20]  # of the K task adapters
 TASK_COUNTS = [1, 2, 4, 8]
 BATCH = 16
@@ -42,20 +42,6 @@ PLANS = {  # rows scored for throughput, repeats, ensemble: training steps (soft
     "quick": {"rows": 32, "repeats": 1, "soft_steps": 10, "hard_steps": 6, "dev_rows": 100, "train_rows": 200},
     "tiny": {"rows": 32, "repeats": 1, "soft_steps": 2, "hard_steps": 2, "dev_rows": 24, "train_rows": 24},
 }
-
-
-def load(tiny: bool):
-    if tiny:
-        import transformers
-
-        from peft_softhard.testing import build, tiny_gpt2
-
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(SHARED / "models" / "gpt2-tokenizer"))
-        tokenizer.pad_token = tokenizer.eos_token
-        return build(lambda: tiny_gpt2(initializer_range=0.3)), tokenizer
-    from peft_softhard.models import load_model
-
-    return load_model("smollm2-135m")
 
 
 def task_adapters(base, count: int):
