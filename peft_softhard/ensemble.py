@@ -23,6 +23,7 @@ import torch
 
 from .discovery import frozen
 from .mixed_batch import check_adapter_names
+from .objectives import accuracy_of
 
 COMBINE_METHODS = ("mean", "vote")
 
@@ -43,10 +44,10 @@ class EnsembleScores:
         return combine_log_probs(self.log_probs, combine).tolist()
 
     def accuracy(self, combine: str = "mean") -> float:
-        return _accuracy(self.predictions(combine), self.labels)
+        return accuracy_of(self.predictions(combine), self.labels)
 
     def member_accuracy(self) -> dict[str, float]:
-        return {name: _accuracy(p, self.labels) for name, p in self.member_predictions().items()}
+        return {name: accuracy_of(p, self.labels) for name, p in self.member_predictions().items()}
 
 
 def combine_log_probs(log_probs: torch.Tensor, combine: str = "mean") -> torch.Tensor:
@@ -73,7 +74,3 @@ def score_ensemble(
         log_probs = objective.member_log_probs(peft_model, list(adapter_names), split)
     labels = (objective.held_out if split == "held_out" else objective.train)[1]
     return EnsembleScores(list(adapter_names), log_probs.cpu(), list(labels))
-
-
-def _accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
-    return sum(p == y for p, y in zip(predictions, labels, strict=True)) / len(labels)

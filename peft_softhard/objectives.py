@@ -107,6 +107,11 @@ def candidate_target_log_probs(
     return results.view(num_prompts, num_rows, *results.shape[1:])
 
 
+def accuracy_of(predictions: Sequence[int], labels: Sequence[int]) -> float:
+    """The share of predictions equal to their labels."""
+    return sum(p == y for p, y in zip(predictions, labels, strict=True)) / len(labels)
+
+
 def _embed_ids(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     embed = model.get_input_embeddings()
     return embed(ids.to(module_device(embed)))
@@ -257,7 +262,7 @@ class ClassificationObjective(Objective):
         """Accuracy of one prompt (ids [n] or vectors [n, d]) on the held-out (or "train") examples."""
         labels = (self.held_out if split == "held_out" else self.train)[1]
         predictions = self.predictions(model, prompt, split)
-        return sum(p == y for p, y in zip(predictions, labels, strict=True)) / len(labels)
+        return accuracy_of(predictions, labels)
 
     def score(self, model, prompt):
         if self.has_held_out:
@@ -394,4 +399,4 @@ class SequenceClassificationObjective(Objective):
         split = "held_out" if self.has_held_out else "train"
         labels = (self.held_out if self.has_held_out else self.train)[1]
         predictions = self.predictions(model, prompt, split)
-        return sum(p == y for p, y in zip(predictions, labels, strict=True)) / len(labels)
+        return accuracy_of(predictions, labels)
