@@ -64,9 +64,14 @@ def model_with_adapters(task: str, factory):
                            adapter_name="soft")
     model.add_adapter("hard", SoftHardConfig(task_type=task, num_virtual_tokens=5, mode="hard"))
     model.add_adapter("long", SoftHardConfig(task_type=task, num_virtual_tokens=8, mode="hard", init="random"))
-    torch.manual_seed(1)
+    return randomise_heads(model, seed=1)
+
+
+def randomise_heads(model, seed: int):
+    """Distinct per-adapter heads, so a row given another adapter's head would show it; in eval mode."""
+    torch.manual_seed(seed)
     for name, parameter in model.named_parameters():
-        if "modules_to_save" in name:  # distinct heads, so a row given another adapter's head would show it
+        if "modules_to_save" in name:
             torch.nn.init.normal_(parameter)
     return model.eval()
 
@@ -299,8 +304,4 @@ def test_sequence_classification_ensemble_uses_each_adapters_head(files, padding
 def model_with_heads(base):
     model = get_peft_model(base, SoftHardConfig(task_type="SEQ_CLS", num_virtual_tokens=2, init="random"), "a")
     model.add_adapter("b", SoftHardConfig(task_type="SEQ_CLS", num_virtual_tokens=3, mode="hard"))
-    torch.manual_seed(0)
-    for name, parameter in model.named_parameters():
-        if "modules_to_save" in name:
-            torch.nn.init.normal_(parameter)
-    return model.eval()
+    return randomise_heads(model, seed=0)
