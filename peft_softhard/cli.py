@@ -200,19 +200,16 @@ def evaluate_prompt(model, objective, prompt: torch.Tensor) -> dict:
 
 
 def cmd_eval(args) -> dict:
-    from peft import PeftConfig, PeftModel
+    from .mixed_batch import adapter_prompt
 
     task = _task(args)
     if args.ensemble:
         return _eval_ensemble(args, task)
     if args.adapter:
-        config = PeftConfig.from_pretrained(args.adapter)
-        base, tokenizer = _model(args, config.task_type, default=config.base_model_name_or_path)
-        peft_model = PeftModel.from_pretrained(base, args.adapter)
-        encoder = peft_model.prompt_encoder["default"]  # SOFTHARD, or a stock PROMPT_TUNING export
-        prompt = (encoder.prompt_embeddings() if hasattr(encoder, "prompt_embeddings") else encoder.embedding.weight)
-        prompt = prompt.detach()
-        objective, what = _objective(args, task, tokenizer, config.task_type), f"adapter {args.adapter}"
+        peft_model, tokenizer = _load_adapter(args)
+        prompt = adapter_prompt(peft_model, "default").detach()  # SOFTHARD, or a stock PROMPT_TUNING export
+        task_type = peft_model.peft_config["default"].task_type
+        objective, what = _objective(args, task, tokenizer, task_type), f"adapter {args.adapter}"
         model = peft_model.get_base_model()
     else:
         model, tokenizer = _model(args, "CAUSAL_LM")
