@@ -165,7 +165,8 @@ def cmd_discover(args) -> dict:
     config = DiscoveryConfig(method=args.method, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                              eval_interval=args.eval_interval, num_restarts=args.restarts, seed=args.seed,
                              fluency_weight=args.fluency_weight, gcg_top_k=args.top_k,
-                             gcg_candidates=args.candidates, optimizer=args.optimizer, show_progress=not args.json)
+                             gcg_candidates=args.candidates, optimizer=args.optimizer, max_seconds=args.max_seconds,
+                             show_progress=not args.json)
     result = run(base, objective, config, prompt, tokenizer, checkpoint_dir=str(output / "checkpoint"),
                  checkpoint_interval=args.checkpoint_interval, resume=args.resume)
     save_adapter_atomically(result.to_peft_model(base), output / "adapter")
@@ -361,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_argument("--fluency-weight", type=float, default=0.0, help="λ of the fluency loss (default 0)")
     discover.add_argument("--top-k", type=int, default=64, help="GCG: tokens per position (default %(default)s)")
     discover.add_argument("--candidates", type=int, default=64, help="GCG: swaps per step (default %(default)s)")
+    discover.add_argument("--max-seconds", type=float, help="stop after this much search time (scoring not counted)")
     discover.add_argument("--ascii-only", action="store_true", help="only printable-ASCII tokens")
     discover.add_argument("--word-start-only", action="store_true", help="only tokens that start a word")
     discover.add_argument("--round-trip-only", action="store_true", help="only tokens that re-encode as themselves")

@@ -72,6 +72,11 @@ class DiscoveryConfig:
     grad_clip: float | None = field(default=1.0, metadata={"help": "Gradient-norm clip (None: off)."})
     gcg_top_k: int = field(default=64, metadata={"help": "GCG: candidate tokens per position from the gradient."})
     gcg_candidates: int = field(default=64, metadata={"help": "GCG: swaps scored exactly per step."})
+    max_seconds: float | None = field(
+        default=None,
+        metadata={"help": "Stop once the search has run this long, all restarts together (time spent scoring "
+                  "held-out prompts not counted): compare methods at equal wall time. None: run every step."},
+    )
     show_progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
     def __post_init__(self) -> None:
@@ -82,6 +87,8 @@ class DiscoveryConfig:
         for name in ("steps", "batch_size", "num_restarts", "eval_interval", "gcg_top_k", "gcg_candidates"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be positive (or None for no limit), got {self.max_seconds!r}.")
         if not 0.0 <= self.fluency_weight < 1.0:
             raise ValueError(f"fluency_weight must be in [0, 1), got {self.fluency_weight}.")
 
@@ -97,8 +104,9 @@ class DiscoveryResult:
     best_restart: int
     loss_history: list[float]  # training loss at each step (all restarts, in order)
     score_history: list[tuple[int, float]]  # (step, score of the projected prompt then), all restarts
-    steps: int
+    steps: int  # taken, all restarts (fewer than configured when max_seconds stopped the search)
     seconds: float
+    score_seconds: list[float]  # search seconds (scoring not counted) at each score_history entry
     method: str
     perplexity: float | None  # of the prompt's own tokens under the model (causal LMs)
     round_trips: bool | None  # tokenizer(text) gives back token_ids exactly
@@ -160,15 +168,20 @@ def run(
     )
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
     tokenizer = tokenizer if tokenizer is not None else getattr(objective, "tokenizer", None)
-    progress = {"restart": 0, "step": 0, "losses": [], "scores": [], "seconds": 0.0, "best": BestPrompt().__dict__}
+    progress = {"restart": 0, "step": 0, "losses": [], "scores": [], "seconds": 0.0, "best": BestPrompt().__dict__,
+                "score_seconds": [], "scoring_seconds": 0.0}
     saved = load_checkpoint(checkpoint_dir) if resume and checkpoint_dir and has_checkpoint(checkpoint_dir) else None
     if saved is not None:
-        progress = {k: saved[k] for k in progress}
+        progress = {k: saved.get(k, v) for k, v in progress.items()}
         progress["scores"] = [tuple(s) for s in progress["scores"]]
     best = BestPrompt()
     best.__dict__.update(progress["best"])
     started = time.time() - progress["seconds"]
 
+    def search_seconds() -> float:
+        return time.time() - started - progress["scoring_seconds"]
+
+    out_of_time = False
     with frozen(model):
         for restart in range(progress["restart"], config.num_restarts):
             torch.manual_seed(config.seed + restart)
@@ -190,12 +203,16 @@ def run(
                 before = _snapshot(progress, best, restart, step - 1, encoder, search, started)
                 try:
                     progress["losses"].append(search.step(next(stream)))
-                    if step % config.eval_interval == 0 or step == config.steps:
+                    out_of_time = config.max_seconds is not None and search_seconds() >= config.max_seconds
+                    if step % config.eval_interval == 0 or step == config.steps or out_of_time:
+                        scoring_started = time.time()
+                        progress["score_seconds"].append(search_seconds())
                         ids = encoder.current_token_ids().clone()
                         progress["scores"].append((restart * config.steps + step, objective.score(model, ids)))
                         # with a fluency weight, the more natural of two equally good prompts wins
                         fluency = -prompt_lm_losses(model, ids[None])[0].item() if config.fluency_weight else 0.0
                         best.update(ids, progress["scores"][-1][1], step, restart, tie_break=fluency)
+                        progress["scoring_seconds"] += time.time() - scoring_started
                 except BaseException:
                     if checkpoint_dir:  # (rank 0 writes; see checkpoint.py)
                         save_checkpoint(checkpoint_dir, before)
@@ -203,16 +220,22 @@ def run(
                 if checkpoint_dir and (step % checkpoint_interval == 0 or step == config.steps):
                     save_checkpoint(checkpoint_dir, _snapshot(progress, best, restart, step, encoder, search, started))
                 bar.set_postfix(loss=f"{progress['losses'][-1]:.3f}", best=f"{best.score:.3f}")
+                if out_of_time:
+                    logger.info("Stopping at step %d of restart %d: max_seconds=%s reached", step, restart + 1,
+                                config.max_seconds)
+                    break
             check_identical_across_ranks([encoder.embedding.weight, encoder.current_token_ids()], "continuous prompt")
             progress["step"] = 0
+            if out_of_time:
+                break
         token_ids = torch.tensor(best.token_ids, device=module_device(model))
         perplexity = _perplexity(model, token_ids)
     text, round_trips, notes = _read_back(tokenizer, best.token_ids, prompt)
     return DiscoveryResult(
         token_ids=best.token_ids, text=text, best_score=best.score, best_step=best.step, best_restart=best.restart,
-        loss_history=progress["losses"], score_history=progress["scores"], steps=config.steps * config.num_restarts,
-        seconds=time.time() - started, method=config.method, perplexity=perplexity, round_trips=round_trips,
-        notes=notes, prompt_config=prompt,
+        loss_history=progress["losses"], score_history=progress["scores"], steps=len(progress["losses"]),
+        seconds=time.time() - started, score_seconds=progress["score_seconds"], method=config.method,
+        perplexity=perplexity, round_trips=round_trips, notes=notes, prompt_config=prompt,
     )
 
 
@@ -221,6 +244,7 @@ def _snapshot(progress, best, restart, step, encoder, search, started) -> dict:
     return {
         "losses": list(progress["losses"]), "scores": list(progress["scores"]), "restart": restart, "step": step,
         "best": dict(best.__dict__), "seconds": time.time() - started,
+        "score_seconds": list(progress["score_seconds"]), "scoring_seconds": progress["scoring_seconds"],
         "encoder": encoder.adapter_state_dict(),  # clones
         "search": copy.deepcopy(search.state_dict()),  # an optimizer's state_dict holds live tensors
         "rng": torch.get_rng_state(),

@@ -73,6 +73,27 @@ def test_projected_sgd_runs_in_the_same_interface(planted):
     assert result.method == "psgd" and len(result.score_history) == 8
 
 
+@pytest.mark.parametrize("method", ["pez", "gcg"])
+def test_max_seconds_stops_the_search_and_scores_where_it_stopped(planted, method):
+    model, objective = planted
+    limit = 0.2
+    result = run(model, objective, search(method, steps=100_000, eval_interval=10_000, max_seconds=limit,
+                                          num_restarts=3), prompt_config())
+    assert 0 < result.steps < 100_000 and len(result.loss_history) == result.steps
+    assert result.best_restart == 0  # the limit counts all restarts together
+    assert len(result.score_seconds) == len(result.score_history) == 1  # the one score: where it stopped
+    assert result.score_seconds[0] >= limit
+    with pytest.raises(ValueError, match="max_seconds must be positive"):
+        DiscoveryConfig(max_seconds=0)
+
+
+def test_score_seconds_count_search_time_only(planted):
+    model, objective = planted
+    result = run(model, objective, search("pez", steps=20, eval_interval=5), prompt_config())
+    assert len(result.score_seconds) == len(result.score_history) == 4
+    assert result.score_seconds == sorted(result.score_seconds) and result.score_seconds[-1] <= result.seconds
+
+
 def test_after_one_pez_step_the_continuous_copy_differs_from_its_projection(planted):
     """The reference code overwrote P with its projection every step, which is projected SGD, not PEZ."""
     model, objective = planted
