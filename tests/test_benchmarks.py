@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import REPO
 
@@ -52,3 +53,25 @@ def test_cost_benchmark_tiny_run(tmp_path):
     assert set(results["ratio_to_floor"]) == {"floor", "soft", "hard", "stock PROMPT_TUNING"}
     assert results["ratio_to_floor"]["floor"] == 1.0 and all(v > 0 for v in results["step_seconds"].values())
     assert len(results["length_batch_sweep"]) == 4 and all(v > 0 for v in results["peak_rss_mib"].values())
+
+
+def test_evaluation_benchmark_tiny_run(tmp_path):
+    results = run_benchmark("evaluation", tmp_path, "--tiny")["results"]
+    assert len(results) == 6 and all(row["same_predictions"] for row in results)
+    assert all(row["examples_per_second"] > 0 for row in results)
+
+
+def test_quality_benchmark_tiny_run(tmp_path):
+    arguments = ["--tiny", "--work-dir", str(tmp_path / "work"), "--images", str(tmp_path / "images")]
+    results = run_benchmark("quality", tmp_path, *arguments)
+    assert results["missing"] == []
+    methods = {(row["task"], row["method"]) for row in results["summary"]}
+    assert {m for task, m in methods if task == "sst2"} == {
+        "manual", "soft", "projection", "pez", "stock_text", "stock_vocab", "psgd", "gcg", "pez_fluency", "lora",
+        "minilm_soft"}
+    assert all(0.0 <= row["accuracy_mean"] <= 1.0 for row in results["summary"])
+    assert {Path(p).name for p in results["images"]} == {"quality_wall_clock_tiny.png", "quality_length_tiny.png"}
+    gcg, pez = results["records"]["sst2-gcg-3-seed0"], results["records"]["sst2-pez-3-seed0"]
+    assert gcg["search_seconds"] >= pez["search_seconds"]  # GCG ran (at least) PEZ's wall time
+    again = run_benchmark("quality", tmp_path, *arguments)  # every row done: the rerun only reports
+    assert again["records"] == results["records"]
