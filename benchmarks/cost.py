@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 from reporting import write_results
-from subjects import SHARED, load
+from subjects import SHARED, load, parser, plan_name
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "cost.json"
@@ -155,18 +155,14 @@ def markdown(main: dict, memory: dict, sweep: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true")
-    size.add_argument("--tiny", action="store_true")
-    parser.add_argument("--output", default=str(RESULTS))
-    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: the child that measures one method
-    parser.add_argument("--plan", default="full", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    options = parser(__doc__, RESULTS, quick_help="SmolLM2, fewer repeats")
+    options.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: the child that measures one method
+    options.add_argument("--plan", default="full", help=argparse.SUPPRESS)
+    args = options.parse_args()
     if args.memory_of:
         memory_child(args.memory_of, args.plan)
         return
-    args.plan_name = "tiny" if args.tiny else "quick" if args.quick else "full"
+    args.plan_name = plan_name(args)
     plan, started = PLANS[args.plan_name], time.time()
     torch.manual_seed(0)
     base, tokenizer = load(args.tiny)

@@ -16,14 +16,13 @@ Writes benchmarks/results/evaluation.json and a markdown table next to it.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from pathlib import Path
 
 import torch
 from reporting import write_results
-from subjects import SHARED, load
+from subjects import SHARED, load, parser, plan_name
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "evaluation.json"
@@ -39,13 +38,8 @@ PROMPT_LENGTH = 10
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="200 rows, one repeat")
-    size.add_argument("--tiny", action="store_true", help="a tiny random GPT-2 (smoke run)")
-    parser.add_argument("--output", default=str(RESULTS))
-    args = parser.parse_args()
-    name = "tiny" if args.tiny else "quick" if args.quick else "full"
+    args = parser(__doc__, RESULTS, quick_help="200 rows, one repeat").parse_args()
+    name = plan_name(args)
     plan, started = PLANS[name], time.time()
 
     from peft_softhard import ClassificationObjective

@@ -21,7 +21,6 @@ benchmarks/results/mixed_batch.json and a markdown table next to it.
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import torch
 from reporting import write_results
-from subjects import SHARED, load
+from subjects import SHARED, load, parser, plan_name, strip_adapters
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "mixed_batch.json"
@@ -165,11 +164,6 @@ def train_members(base, tokenizer, plan: dict, work: Path, tiny: bool) -> dict[s
     return members
 
 
-def strip_adapters(model):
-    """The plain base model back from a peft wrapper (prompt methods leave the base model's weights as they were)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def score_members(base, tokenizer, members: dict[str, Path], dev_rows: int | None) -> dict:
     from peft_softhard import ClassificationObjective
     from peft_softhard.ensemble import COMBINE_METHODS, score_ensemble
@@ -211,14 +205,10 @@ def markdown(throughput: list[dict], worst: dict[str, float], ensemble: dict | N
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="smaller: < 10 min on SmolLM2")
-    size.add_argument("--tiny", action="store_true", help="a tiny random GPT-2 (smoke run)")
-    parser.add_argument("--work-dir", default="out/benchmarks/mixed_batch", help="trained members (resumable)")
-    parser.add_argument("--output", default=str(RESULTS))
-    args = parser.parse_args()
-    name = "tiny" if args.tiny else "quick" if args.quick else "full"
+    options = parser(__doc__, RESULTS, quick_help="smaller: < 10 min on SmolLM2")
+    options.add_argument("--work-dir", default="out/benchmarks/mixed_batch", help="trained members (resumable)")
+    args = options.parse_args()
+    name = plan_name(args)
     plan, started = PLANS[name], time.time()
     work = Path(args.work_dir) / name
 

@@ -29,7 +29,6 @@ benchmarks/results/quality.json, a markdown report next to it, and PNG plots in 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import torch
 from reporting import write_results
-from subjects import SHARED, load
+from subjects import SHARED, load, parser, plan_name, strip_adapters
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "quality.json"
@@ -108,11 +107,6 @@ def objectives(task_name: str, tokenizer, plan: dict):
 
 
 # ------------------------------------------------------------------------------------------------ methods
-def strip(model):
-    """The plain base model back from a peft wrapper (prompt methods leave its weights as they were)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def fit(model, prompt_of, parameters, objective, plan: dict, seed: int, lr: float) -> dict:
     """The training loop of `train_prompt` for models that are not SOFTHARD (stock peft, LoRA): AdamW, clipped
     gradients, the best step by held-out accuracy kept."""
@@ -448,18 +442,14 @@ def plots(records: dict, plan: dict, images: Path, suffix: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="smaller subsets, one seed: < 10 min on SmolLM2")
-    size.add_argument("--tiny", action="store_true", help="a tiny random GPT-2 (smoke run)")
-    parser.add_argument("--work-dir", default=str(HERE.parent / "out" / "benchmarks" / "quality"),
-                        help="finished rows (resumable)")
-    parser.add_argument("--output", default=str(RESULTS))
-    parser.add_argument("--images", default=str(IMAGES), help="where the PNG plots go")
-    parser.add_argument("--report-only", action="store_true", help="write the report from the rows done so far")
-    args = parser.parse_args()
+    options = parser(__doc__, RESULTS, quick_help="smaller subsets, one seed: < 10 min on SmolLM2")
+    options.add_argument("--work-dir", default=str(HERE.parent / "out" / "benchmarks" / "quality"),
+                         help="finished rows (resumable)")
+    options.add_argument("--images", default=str(IMAGES), help="where the PNG plots go")
+    options.add_argument("--report-only", action="store_true", help="write the report from the rows done so far")
+    args = options.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    name = "tiny" if args.tiny else "quick" if args.quick else "full"
+    name = plan_name(args)
     plan, started = PLANS[name], time.time()
     work = Path(args.work_dir) / name
     (work / "records").mkdir(parents=True, exist_ok=True)
@@ -476,7 +466,7 @@ def main() -> None:
                 done = run_minilm_row(key, plan, work)
             else:
                 done = run_row(key, base, tokenizer, plan, work, args.tiny, records)
-                base = strip(base)
+                base = strip_adapters(base)
             for record in done:
                 logger.info("row %s: accuracy %.4f (train %.0f s, eval %.0f s)", record_name(record),
                             record["accuracy"], record["train_seconds"], record["eval_seconds"])
