@@ -404,34 +404,18 @@ def fmt(accuracy) -> str:
 
 def plots(records: dict, plan: dict, images: Path, suffix: str) -> list[str]:
     """Accuracy against search seconds for PEZ / projected SGD / GCG, and accuracy against prompt length."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from peft_softhard.plots import plot_accuracy_vs_length
+    from peft_softhard.plots import plot_accuracy_vs_length, plot_score_vs_seconds
 
     written = []
     seed, length = plan["seeds"][0], plan["length"]
     records = {name: r for name, r in records.items() if not r.get("budget")}
     curves = {m: records.get(record_name({"task": "sst2", "method": m, "length": length, "seed": seed}))
               for m in ("pez", "psgd", "gcg")}
-    curves = {m: r for m, r in curves.items() if r}
+    curves = {LABELS[m]: (r["score_seconds"], [score for _, score in r["selection_scores"]])
+              for m, r in curves.items() if r}
     if curves:
-        figure, axis = plt.subplots(figsize=(6, 4))
-        for method, record in curves.items():
-            scores = [score for _, score in record["selection_scores"]]
-            axis.plot(record["score_seconds"], scores, marker="o", label=LABELS[method])
-        axis.set(xlabel="search seconds (held-out scoring not counted)", ylabel="held-out accuracy",
-                 title="SST-2, SmolLM2-135M: accuracy vs wall clock")
-        axis.grid(alpha=0.3)
-        axis.legend()
-        path = images / f"quality_wall_clock{suffix}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.tight_layout()
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-        written.append(str(path))
+        written.append(str(plot_score_vs_seconds(curves, images / f"quality_wall_clock{suffix}.png",
+                                                 title="SST-2, SmolLM2-135M: accuracy vs wall clock")))
     points = {LABELS[m]: [(r["length"], r["accuracy"]) for r in records.values()
                           if r["task"] == "sst2" and r["method"] == m and r["seed"] == seed] for m in ("soft", "pez")}
     points = {label: values for label, values in points.items() if len(values) > 1}

@@ -1,4 +1,5 @@
-"""PNG plots of training curves and of accuracy against prompt length (matplotlib, no display needed)."""
+"""PNG plots of training curves, of accuracy against prompt length and of score against search time
+(matplotlib, no display needed)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,25 @@ def plot_accuracy_vs_length(points: dict[str, list[tuple[int, float]]], path: st
         lengths, scores = zip(*sorted(values), strict=True)
         axis.plot(lengths, scores, marker="o", label=label)
     axis.set(xlabel="prompt length (virtual tokens)", ylabel="held-out score", title="Score vs prompt length")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return _save(figure, path)
+
+
+def plot_score_vs_seconds(curves: dict[str, tuple[list[float], list[float]]], path: str | Path,
+                          title: str = "Score vs search time") -> Path:
+    """Held-out score against search seconds, a line per run: {label: (seconds, scores)}, e.g. from a
+    `DiscoveryResult`'s `score_seconds` and `score_history` — how to compare cheap-step and expensive-step
+    methods."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label, (seconds, scores) in curves.items():
+        axis.plot(seconds, scores, marker="o", label=label)
+    axis.set(xlabel="search seconds (held-out scoring not counted)", ylabel="held-out score", title=title)
     axis.grid(alpha=0.3)
     axis.legend()
     return _save(figure, path)
