@@ -85,25 +85,43 @@ def ag_news_test():
     return dataclasses.replace(AG_NEWS, text_columns=["title", "description"], splits={"eval": test})
 
 
+def task_of(task_name: str):
+    from peft_softhard.tasks import AG_NEWS, SST2
+
+    return SST2 if task_name == "sst2" else AG_NEWS
+
+
+def splits(task_name: str, plan: dict) -> tuple[tuple[list, list], tuple[list, list], tuple[list, list]]:
+    """(train, selection, evaluation) texts and labels: the training rows and the held-out training rows that
+    pick the best step come from one seeded sample of the train split; the evaluation rows are fixed."""
+    task, data = task_of(task_name), str(SHARED / "data")
+    texts, labels = task.load("train", limit=plan["train_rows"] + plan["selection_rows"], seed=0, data_dir=data)
+    split = plan["train_rows"]
+    evaluation_task = task if task_name == "sst2" else ag_news_test()
+    evaluation = evaluation_task.load("eval", limit=plan["eval_rows"][task_name], seed=0,
+                                      balanced=task_name == "ag_news", data_dir=data)
+    return (texts[:split], labels[:split]), (texts[split:], labels[split:]), evaluation
+
+
 def objectives(task_name: str, tokenizer, plan: dict):
     """(training objective with held-out selection rows, evaluation objective) for a task."""
     from peft_softhard import ClassificationObjective
-    from peft_softhard.tasks import AG_NEWS, SST2
 
-    task = SST2 if task_name == "sst2" else AG_NEWS
-    data = str(SHARED / "data")
-    texts, labels = task.load("train", limit=plan["train_rows"] + plan["selection_rows"], seed=0, data_dir=data)
-    split = plan["train_rows"]
+    task = task_of(task_name)
+    train, selection, evaluation = splits(task_name, plan)
     common = {"template": task.manual_template, "label_words": task.label_words}
-    train = ClassificationObjective(tokenizer, texts[:split], labels[:split], held_out_texts=texts[split:],
-                                    held_out_labels=labels[split:], **common)
-    evaluation_task = task if task_name == "sst2" else ag_news_test()
-    rows = plan["eval_rows"][task_name]
-    eval_texts, eval_labels = evaluation_task.load("eval", limit=rows, seed=0, balanced=task_name == "ag_news",
-                                                   data_dir=data)
-    evaluation = ClassificationObjective(tokenizer, texts[:1], labels[:1], held_out_texts=eval_texts,
-                                         held_out_labels=eval_labels, **common)
-    return train, evaluation
+    return (ClassificationObjective(tokenizer, *train, held_out_texts=selection[0], held_out_labels=selection[1],
+                                    **common),
+            ClassificationObjective(tokenizer, train[0][:1], train[1][:1], held_out_texts=evaluation[0],
+                                    held_out_labels=evaluation[1], **common))
+
+
+def train_config(plan: dict, seed: int):
+    """`train_prompt`'s settings for every trained soft prompt (one checkpoint, at the end)."""
+    from peft_softhard.training import TrainConfig
+
+    return TrainConfig(steps=plan["steps"], lr=plan["lr"], batch_size=plan["batch"], eval_interval=plan["eval_every"],
+                       checkpoint_interval=plan["steps"], seed=seed, show_progress=False)
 
 
 # ------------------------------------------------------------------------------------------------ methods
@@ -162,7 +180,7 @@ def train_soft(base, tokenizer, objective, plan, seed, length, init_text, work: 
     from peft import get_peft_model
 
     from peft_softhard import SoftHardConfig
-    from peft_softhard.training import TrainConfig, train_prompt
+    from peft_softhard.training import train_prompt
 
     torch.manual_seed(seed)
     text_ids = tokenizer(init_text, add_special_tokens=False)["input_ids"]
@@ -170,9 +188,7 @@ def train_soft(base, tokenizer, objective, plan, seed, length, init_text, work: 
     config = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=length, mode="soft", init="token_ids",
                             init_token_ids=init_ids)
     model = get_peft_model(base, config)
-    result = train_prompt(model, objective, TrainConfig(
-        steps=plan["steps"], lr=plan["lr"], batch_size=plan["batch"], eval_interval=plan["eval_every"],
-        checkpoint_interval=plan["steps"], seed=seed, show_progress=False), work)
+    result = train_prompt(model, objective, train_config(plan, seed), work)
     return model, model.prompt_encoder["default"].prompt_embeddings().detach(), \
         {"selection_scores": result.score_history}
 
@@ -259,26 +275,19 @@ def run_minilm_row(key: dict, plan: dict, work: Path) -> list[dict]:
     from peft_softhard import SoftHardConfig
     from peft_softhard.models import load_model
     from peft_softhard.objectives import SequenceClassificationObjective
-    from peft_softhard.tasks import SST2
-    from peft_softhard.training import TrainConfig, train_prompt
+    from peft_softhard.training import train_prompt
 
     model, tokenizer = load_model("minilm", task_type="SEQ_CLS", num_labels=2)  # small enough for smoke runs
-    data = str(SHARED / "data")
-    texts, labels = SST2.load("train", limit=plan["train_rows"] + plan["selection_rows"], seed=0, data_dir=data)
-    split = plan["train_rows"]
-    eval_texts, eval_labels = SST2.load("eval", limit=plan["eval_rows"]["sst2"], seed=0, data_dir=data)
-    train = SequenceClassificationObjective(tokenizer, texts[:split], labels[:split], num_labels=2,
-                                            held_out_texts=texts[split:], held_out_labels=labels[split:])
+    (texts, labels), selection, (eval_texts, eval_labels) = splits("sst2", plan)
+    train = SequenceClassificationObjective(tokenizer, texts, labels, num_labels=2, held_out_texts=selection[0],
+                                            held_out_labels=selection[1])
     evaluation = SequenceClassificationObjective(tokenizer, texts[:1], labels[:1], num_labels=2,
                                                  held_out_texts=eval_texts, held_out_labels=eval_labels)
     torch.manual_seed(key["seed"])
     config = SoftHardConfig(task_type="SEQ_CLS", num_virtual_tokens=key["length"], mode="soft", init="vocab")
     peft_model = get_peft_model(model, config)
     started = time.time()
-    result = train_prompt(peft_model, train, TrainConfig(
-        steps=plan["steps"], lr=plan["lr"], batch_size=plan["batch"], eval_interval=plan["eval_every"],
-        checkpoint_interval=plan["steps"], seed=key["seed"], show_progress=False),
-        work / "runs" / record_name(key))
+    result = train_prompt(peft_model, train, train_config(plan, key["seed"]), work / "runs" / record_name(key))
     train_seconds = time.time() - started
     started = time.time()
     prompt = peft_model.prompt_encoder["default"].prompt_embeddings().detach()
