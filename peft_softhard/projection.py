@@ -18,7 +18,8 @@ from torch import nn
 # Each chunk of candidate embeddings is scored in float64; keep one near this many bytes.
 CHUNK_BYTES = 64 * 2**20
 # Candidates per matrix product; every product has this shape, so results never depend on the chunking.
-BLOCK = 256
+# Large, because each block costs a handful of kernel launches: on a GPU, 256 made a PEZ step launch-bound.
+BLOCK = 2048
 _EPS = 1e-12
 
 
@@ -28,18 +29,24 @@ def default_chunk_size(dim: int) -> int:
 
 def similarity(vectors: torch.Tensor, candidates: torch.Tensor, metric: str) -> torch.Tensor:
     """Similarity (higher is closer) of each row of `vectors` [n, d] to each row of `candidates` [c, d], float64."""
-    q = vectors.to(torch.float64)
-    e = candidates.to(torch.float64)
-    if metric == "dot":
-        return q @ e.T
+    return _prepared_similarity(_prepare(vectors, metric), _prepare(candidates, metric), metric)
+
+
+def _prepare(rows: torch.Tensor, metric: str) -> torch.Tensor:
+    """`rows` as `similarity` compares them: float64, and for cosine of unit length."""
+    rows = rows.to(torch.float64)
     if metric == "cosine":
-        q = q / q.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-        e = e / e.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-        return q @ e.T
+        return rows / rows.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+    if metric in ("dot", "l2"):
+        return rows
+    raise ValueError(f"Unknown metric {metric!r}: choose one of cosine, dot, l2.")
+
+
+def _prepared_similarity(q: torch.Tensor, e: torch.Tensor, metric: str) -> torch.Tensor:
     if metric == "l2":
         squared = (q * q).sum(-1, keepdim=True) - 2 * (q @ e.T) + (e * e).sum(-1)
         return -squared.clamp_min(0).sqrt()
-    raise ValueError(f"Unknown metric {metric!r}: choose one of cosine, dot, l2.")
+    return q @ e.T
 
 
 def distance(vectors: torch.Tensor, candidates: torch.Tensor, metric: str) -> torch.Tensor:
@@ -89,12 +96,13 @@ def nearest_tokens(
     weight_device = module_device(word_embeddings, device)
 
     chunk_size = max(BLOCK, chunk_size - chunk_size % BLOCK)  # whole blocks only
+    queries = _prepare(vectors, metric)  # once, not once per block: the same numbers, fewer kernel launches
 
     best_scores = torch.full((vectors.shape[0], 0), float("-inf"), dtype=torch.float64, device=device)
     best_ids = torch.empty((vectors.shape[0], 0), dtype=torch.long, device=device)
     for start in range(0, candidate_ids.numel(), chunk_size):
         ids = candidate_ids[start : start + chunk_size].to(weight_device)
-        scores = _block_scores(vectors, word_embeddings(ids).to(device), metric)
+        scores = _block_scores(queries, word_embeddings(ids).to(device), metric)
         ids = ids.to(device).expand(vectors.shape[0], -1)
         if top_k == 1:
             chunk_best, position = scores.max(dim=1, keepdim=True)  # first maximum: the lower id wins a tie
@@ -112,11 +120,12 @@ def nearest_tokens(
     return best_ids, best_scores
 
 
-def _block_scores(vectors: torch.Tensor, rows: torch.Tensor, metric: str) -> torch.Tensor:
-    """Similarities [n, len(rows)], computed BLOCK candidates at a time with zero rows padding the last block."""
+def _block_scores(queries: torch.Tensor, rows: torch.Tensor, metric: str) -> torch.Tensor:
+    """Similarities [n, len(rows)] of prepared queries, computed BLOCK candidates at a time with zero rows padding
+    the last block."""
     count = rows.shape[0]
     padded = torch.nn.functional.pad(rows, (0, 0, 0, -count % BLOCK))
-    blocks = [similarity(vectors, block, metric) for block in padded.split(BLOCK)]
+    blocks = [_prepared_similarity(queries, _prepare(block, metric), metric) for block in padded.split(BLOCK)]
     return torch.cat(blocks, dim=1)[:, :count]
 
 
