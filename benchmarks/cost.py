@@ -11,11 +11,13 @@ batches, 10 virtual tokens:
 - stock PROMPT_TUNING: peft's own prompt embedding, the same loss, backward, AdamW step.
 Step times are measured in one process, the methods interleaved, median of repeats; peak memory in one fresh
 process per method: the highest RSS while stepping (the peak is reset after loading the model, so loading's
-own peak does not hide the step's). A second table shows how the soft step's time grows with prompt length and batch.
+own peak does not hide the step's), on a GPU the most GPU memory allocated while stepping. A second table shows
+how the soft step's time grows with prompt length and batch.
 
     python benchmarks/cost.py            # SmolLM2: ~4 min on 2 cores
     python benchmarks/cost.py --quick    # SmolLM2, fewer repeats
     python benchmarks/cost.py --tiny     # a tiny random GPT-2 (the test suite's smoke run)
+    python benchmarks/cost.py --device cuda --random-weights --output benchmarks/results/cost_h100.json
 
 Writes benchmarks/results/cost.json and a markdown table next to it.
 """
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import torch
 from reporting import write_results
-from subjects import SHARED, load, parser, plan_name
+from subjects import SHARED, add_measurement_options, load, parser, plan_name, synchronize
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "cost.json"
@@ -73,7 +75,7 @@ def make_step(method: str, base, objective, length: int):
     if method == "stock PROMPT_TUNING":
         peft_model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=length))
         encoder = peft_model.prompt_encoder["default"]
-        tokens = peft_model.prompt_tokens["default"]
+        tokens = peft_model.prompt_tokens["default"].to(base.device)
         prompt_of = lambda: encoder(tokens)  # noqa: E731
     else:
         config = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=length, mode=method, init="vocab")
@@ -98,6 +100,7 @@ def batches(objective, size: int, count: int, seed: int = 0) -> list[list[int]]:
 
 def interleaved_step_times(base, objective, methods: list[str], length: int, batch: int, repeats: int):
     """Median seconds per step of each method, the methods taking turns (a warm-up step each first)."""
+    device = str(base.device)
     steps = {method: make_step(method, base, objective, length) for method in methods}
     work = batches(objective, batch, repeats + 1)
     for method in methods:
@@ -106,30 +109,38 @@ def interleaved_step_times(base, objective, methods: list[str], length: int, bat
     for repeat, indices in enumerate(work[1:]):
         order = methods[repeat % len(methods):] + methods[: repeat % len(methods)]  # rotate who goes first
         for method in order:
+            synchronize(device)
             started = time.perf_counter()
             steps[method](indices)
+            synchronize(device)
             times[method].append(time.perf_counter() - started)
     return {method: statistics.median(values) for method, values in times.items()}
 
 
 def peak_memory_mib(method: str, args) -> float:
-    """Peak RSS while a fresh process (model loaded) runs a few steps of `method`."""
-    command = [sys.executable, __file__, "--memory-of", method, "--plan", args.plan_name]
+    """Peak memory while a fresh process (model loaded) runs a few steps of `method`: RSS, or on a GPU the most
+    GPU memory allocated."""
+    command = [sys.executable, __file__, "--memory-of", method, "--plan", args.plan_name, "--device", args.device]
+    command += ["--random-weights"] if args.random_weights else []
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
-def memory_child(method: str, plan_name: str) -> None:
-    """Runs in a fresh process: the peak RSS while stepping, loading's own peak excluded."""
-    plan = PLANS[plan_name]
-    base, tokenizer = load(plan_name == "tiny")
+def memory_child(method: str, args) -> None:
+    """Runs in a fresh process: the peak memory while stepping, loading's own peak excluded."""
+    plan = PLANS[args.plan]
+    base, tokenizer = load(args.plan == "tiny", args.random_weights, args.device)
     objective = sst2_objective(tokenizer)
     step = make_step(method, base, objective, 10)
-    resting = _status_mib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
+    on_gpu = torch.device(args.device).type == "cuda"
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
     for indices in batches(objective, plan["batch"], plan["memory_steps"]):
         step(indices)
-    print(json.dumps({"peak_mib": _status_mib("VmHWM"), "resting_mib": resting}))
+    peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else _status_mib("VmHWM")
+    print(json.dumps({"peak_mib": peak}))
 
 
 def _status_mib(field: str) -> float:
@@ -139,33 +150,36 @@ def _status_mib(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def markdown(main: dict, memory: dict, sweep: list[dict]) -> str:
+def markdown(main: dict, memory: dict, sweep: list[dict], memory_name: str) -> str:
     floor_time, floor_memory = main["floor"], memory["floor"]
-    lines = ["| method | step time (s) | × floor | peak RSS (MiB) | over floor (MiB) |", "|---|---|---|---|---|"]
+    lines = [f"| method | step time (s) | × floor | {memory_name} (MiB) | over floor (MiB) |", "|---|---|---|---|---|"]
     for method in METHODS:
-        lines.append(f"| {method} | {main[method]:.3f} | {main[method] / floor_time:.3f} | {memory[method]:.0f} | "
+        lines.append(f"| {method} | {main[method]:.4f} | {main[method] / floor_time:.3f} | {memory[method]:.0f} | "
                      f"{memory[method] - floor_memory:+.0f} |")
     lengths = sorted({row["length"] for row in sweep})
     lines += ["", "| soft step (s) | " + " | ".join(f"{n} tokens" for n in lengths) + " |",
               "|---|" + "---|" * len(lengths)]
     for size in sorted({row["batch"] for row in sweep}):
         cells = [next(r["seconds"] for r in sweep if r["batch"] == size and r["length"] == n) for n in lengths]
-        lines.append(f"| batch {size} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+        lines.append(f"| batch {size} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
     options = parser(__doc__, RESULTS, quick_help="SmolLM2, fewer repeats")
+    add_measurement_options(options)
     options.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: the child that measures one method
     options.add_argument("--plan", default="full", help=argparse.SUPPRESS)
     args = options.parse_args()
     if args.memory_of:
-        memory_child(args.memory_of, args.plan)
+        memory_child(args.memory_of, args)
         return
     args.plan_name = plan_name(args)
-    plan, started = PLANS[args.plan_name], time.time()
+    plan, started = dict(PLANS[args.plan_name]), time.time()
+    if args.repeats:
+        plan["repeats"] = plan["sweep_repeats"] = args.repeats
     torch.manual_seed(0)
-    base, tokenizer = load(args.tiny)
+    base, tokenizer = load(args.tiny, args.random_weights, args.device)
     objective = sst2_objective(tokenizer)
     main_times = interleaved_step_times(base, objective, METHODS, 10, plan["batch"], plan["repeats"])
     memory = {method: peak_memory_mib(method, args) for method in METHODS}
@@ -173,16 +187,21 @@ def main() -> None:
     for length in plan["lengths"]:
         for batch in plan["batches"]:
             seconds = interleaved_step_times(base, objective, ["soft"], length, batch, plan["sweep_repeats"])["soft"]
-            sweep.append({"length": length, "batch": batch, "seconds": round(seconds, 4)})
-    table = markdown(main_times, memory, sweep)
+            sweep.append({"length": length, "batch": batch, "seconds": round(seconds, 5)})
+    on_gpu = torch.device(args.device).type == "cuda"
+    memory_key = "peak_cuda_allocated_mib" if on_gpu else "peak_rss_mib"
+    table = markdown(main_times, memory, sweep, "peak GPU memory allocated" if on_gpu else "peak RSS")
     print(table)
     output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".md").write_text(table + "\n")
-    write_results(output, "training-step cost against the floor", started, plan=args.plan_name,
-                  model="tiny-gpt2" if args.tiny else "smollm2-135m", num_virtual_tokens=10, batch_size=plan["batch"],
-                  step_seconds={m: round(t, 4) for m, t in main_times.items()},
+    model = "tiny-gpt2" if args.tiny else "smollm2-135m" + (" (random weights)" if args.random_weights else "")
+    write_results(output, "training-step cost against the floor", started, plan=args.plan_name, model=model,
+                  repeats=plan["repeats"], device=torch.cuda.get_device_name() if on_gpu else "cpu",
+                  num_virtual_tokens=10, batch_size=plan["batch"],
+                  step_seconds={m: round(t, 5) for m, t in main_times.items()},
                   ratio_to_floor={m: round(t / main_times["floor"], 3) for m, t in main_times.items()},
-                  peak_rss_mib={m: round(v, 1) for m, v in memory.items()}, length_batch_sweep=sweep)
+                  **{memory_key: {m: round(v, 1) for m, v in memory.items()}}, length_batch_sweep=sweep)
 
 
 if __name__ == "__main__":

@@ -1,28 +1,41 @@
 """What the SmolLM2 benchmarks run on: the shared data folder, and the model — SmolLM2-135M, or for smoke
 runs a tiny random GPT-2 with the real GPT-2 tokenizer (padding with its end-of-text token, as `load_model`
-sets up a tokenizer without a padding token); the command-line options that choose between them."""
+sets up a tokenizer without a padding token); the command-line options that choose between them.
+
+The cost benchmarks can also run on a GPU (`--device cuda`) and, on a machine without the model package, on
+SmolLM2-135M's architecture with random weights (`--random-weights`: only its config and tokenizer are read;
+time and memory do not depend on the weights' values). $PEFT_SOFTHARD_SHARED points at another shared folder."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(os.environ.get("PEFT_SOFTHARD_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 
 
-def load(tiny: bool) -> tuple[Any, Any]:
+def load(tiny: bool, random_weights: bool = False, device: str = "cpu") -> tuple[Any, Any]:
+    """(model, tokenizer): the tiny GPT-2, SmolLM2-135M, or SmolLM2-135M's architecture with random weights."""
+    import transformers
+
     if tiny:
-        import transformers
-
         from peft_softhard.testing import build, tiny_gpt2
 
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(SHARED / "models" / "gpt2-tokenizer"))
         tokenizer.pad_token = tokenizer.eos_token
-        return build(lambda: tiny_gpt2(initializer_range=0.3)), tokenizer
-    from peft_softhard.models import load_model
+        return build(lambda: tiny_gpt2(initializer_range=0.3)).to(device), tokenizer
+    from peft_softhard.models import load_model, pad_with_eos, resolve_model
 
-    return load_model("smollm2-135m")
+    if not random_weights:
+        model, tokenizer = load_model("smollm2-135m")
+        return model.to(device), tokenizer
+    path = resolve_model("smollm2-135m")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.from_pretrained(path))
+    pad_with_eos(model, tokenizer)
+    return model.to(device).eval(), tokenizer
 
 
 def parser(description: str, results: Path, quick_help: str) -> argparse.ArgumentParser:
@@ -33,6 +46,22 @@ def parser(description: str, results: Path, quick_help: str) -> argparse.Argumen
     size.add_argument("--tiny", action="store_true", help="a tiny random GPT-2 (smoke run)")
     parser.add_argument("--output", default=str(results))
     return parser
+
+
+def add_measurement_options(parser: argparse.ArgumentParser) -> None:
+    """--device, --random-weights and --repeats, for the benchmarks that measure time and memory."""
+    parser.add_argument("--device", default="cpu", help="where the model runs: cpu (default) or cuda")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="SmolLM2-135M's architecture with random weights (needs only its config and tokenizer)")
+    parser.add_argument("--repeats", type=int, help="timed repeats instead of the plan's (cheap on a GPU)")
+
+
+def synchronize(device: str) -> None:
+    """Wait for the GPU's queued work, so a wall-clock reading after it counts that work."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def plan_name(args: argparse.Namespace) -> str:

@@ -73,11 +73,16 @@ def load_model(name_or_path: str = DEFAULT_MODEL, task_type: str = "CAUSAL_LM", 
     path = resolve_model(name_or_path)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     model = auto[task_type].from_pretrained(path, **kwargs)
+    pad_with_eos(model, tokenizer)
+    return model.eval(), tokenizer
+
+
+def pad_with_eos(model: Any, tokenizer: Any) -> None:
+    """Give a tokenizer (and its model's config) a padding token, the end-of-sequence one, where it has none."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return model.eval(), tokenizer
 
 
 def load_smollm2(dtype: Any = None) -> tuple[Any, Any]:

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+import torch
+
+from conftest import GPT2_TOKENIZER, REPO
 
 
 def run_benchmark(name: str, tmp_path, *arguments: str) -> dict:
@@ -49,10 +51,33 @@ def test_mixed_batch_benchmark_tiny_run(tmp_path):
 
 
 def test_cost_benchmark_tiny_run(tmp_path):
-    results = run_benchmark("cost", tmp_path, "--tiny")
+    results = run_benchmark("cost", tmp_path, "--tiny", "--repeats", "1")
+    assert results["repeats"] == 1 and results["device"] == "cpu"
     assert set(results["ratio_to_floor"]) == {"floor", "soft", "hard", "stock PROMPT_TUNING"}
     assert results["ratio_to_floor"]["floor"] == 1.0 and all(v > 0 for v in results["step_seconds"].values())
     assert len(results["length_batch_sweep"]) == 4 and all(v > 0 for v in results["peak_rss_mib"].values())
+
+
+def test_random_weights_need_only_the_config_and_the_tokenizer(tmp_path, monkeypatch):
+    """What `--random-weights` loads on a machine without the model package (the GPU cost records)."""
+    import transformers
+
+    from peft_softhard.testing import tiny_llama
+
+    folder = tmp_path / "smollm2-135m"
+    tiny_llama().save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(str(GPT2_TOKENIZER)).save_pretrained(folder)
+    saved = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    monkeypatch.setenv("PEFT_SOFTHARD_CACHE", str(tmp_path))
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import subjects
+
+    model, tokenizer = subjects.load(tiny=False, random_weights=True)
+    assert type(model) is type(saved) and model.config.num_hidden_layers == saved.config.num_hidden_layers
+    assert not torch.equal(model.get_input_embeddings().weight, saved.get_input_embeddings().weight)
+    assert tokenizer.pad_token == tokenizer.eos_token  # GPT-2 has none: the end-of-text token pads
 
 
 def test_evaluation_benchmark_tiny_run(tmp_path):
