@@ -8,11 +8,7 @@ from pathlib import Path
 
 def plot_training_curves(curves: dict[str, tuple[list[float], list[tuple[int, float]]]], path: str | Path) -> Path:
     """One panel of training losses and one of held-out scores, a line per run: {label: (losses, scores)}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     figure, (loss_axis, score_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for label, (losses, scores) in curves.items():
         loss_axis.plot(range(1, len(losses) + 1), losses, label=label, alpha=0.8)
@@ -29,19 +25,8 @@ def plot_training_curves(curves: dict[str, tuple[list[float], list[tuple[int, fl
 
 def plot_accuracy_vs_length(points: dict[str, list[tuple[int, float]]], path: str | Path) -> Path:
     """Held-out score against prompt length, a line per method: {label: [(num_virtual_tokens, score), ...]}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for label, values in points.items():
-        lengths, scores = zip(*sorted(values), strict=True)
-        axis.plot(lengths, scores, marker="o", label=label)
-    axis.set(xlabel="prompt length (virtual tokens)", ylabel="held-out score", title="Score vs prompt length")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    return _save(figure, path)
+    lines = {label: tuple(zip(*sorted(values), strict=True)) for label, values in points.items()}
+    return _line_plot(lines, path, xlabel="prompt length (virtual tokens)", title="Score vs prompt length")
 
 
 def plot_score_vs_seconds(curves: dict[str, tuple[list[float], list[float]]], path: str | Path,
@@ -49,18 +34,28 @@ def plot_score_vs_seconds(curves: dict[str, tuple[list[float], list[float]]], pa
     """Held-out score against search seconds, a line per run: {label: (seconds, scores)}, e.g. from a
     `DiscoveryResult`'s `score_seconds` and `score_history` — how to compare cheap-step and expensive-step
     methods."""
+    return _line_plot(curves, path, xlabel="search seconds (held-out scoring not counted)", title=title)
+
+
+def _line_plot(lines: dict[str, tuple], path: str | Path, xlabel: str, title: str) -> Path:
+    """Held-out score against `xlabel`, a marked line per label: {label: (xs, scores)}."""
+    figure, axis = _pyplot().subplots(figsize=(6, 4))
+    for label, (xs, scores) in lines.items():
+        axis.plot(xs, scores, marker="o", label=label)
+    axis.set(xlabel=xlabel, ylabel="held-out score", title=title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return _save(figure, path)
+
+
+def _pyplot():
+    """matplotlib.pyplot on the file-only backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for label, (seconds, scores) in curves.items():
-        axis.plot(seconds, scores, marker="o", label=label)
-    axis.set(xlabel="search seconds (held-out scoring not counted)", ylabel="held-out score", title=title)
-    axis.grid(alpha=0.3)
-    axis.legend()
-    return _save(figure, path)
+    return plt
 
 
 def _save(figure, path: str | Path) -> Path:
