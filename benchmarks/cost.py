@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 from reporting import write_results
-from subjects import SHARED, add_measurement_options, load, parser, plan_name, synchronize
+from subjects import SHARED, add_measurement_options, load, on_gpu, parser, plan_name, synchronize
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "cost.json"
@@ -132,14 +132,14 @@ def memory_child(method: str, args) -> None:
     base, tokenizer = load(args.plan == "tiny", args.random_weights, args.device)
     objective = sst2_objective(tokenizer)
     step = make_step(method, base, objective, 10)
-    on_gpu = torch.device(args.device).type == "cuda"
-    if on_gpu:
+    gpu = on_gpu(args.device)
+    if gpu:
         torch.cuda.reset_peak_memory_stats()
     else:
         Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
     for indices in batches(objective, plan["batch"], plan["memory_steps"]):
         step(indices)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else _status_mib("VmHWM")
+    peak = torch.cuda.max_memory_allocated() / 2**20 if gpu else _status_mib("VmHWM")
     print(json.dumps({"peak_mib": peak}))
 
 
@@ -188,16 +188,16 @@ def main() -> None:
         for batch in plan["batches"]:
             seconds = interleaved_step_times(base, objective, ["soft"], length, batch, plan["sweep_repeats"])["soft"]
             sweep.append({"length": length, "batch": batch, "seconds": round(seconds, 5)})
-    on_gpu = torch.device(args.device).type == "cuda"
-    memory_key = "peak_cuda_allocated_mib" if on_gpu else "peak_rss_mib"
-    table = markdown(main_times, memory, sweep, "peak GPU memory allocated" if on_gpu else "peak RSS")
+    gpu = on_gpu(args.device)
+    memory_key = "peak_cuda_allocated_mib" if gpu else "peak_rss_mib"
+    table = markdown(main_times, memory, sweep, "peak GPU memory allocated" if gpu else "peak RSS")
     print(table)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".md").write_text(table + "\n")
     model = "tiny-gpt2" if args.tiny else "smollm2-135m" + (" (random weights)" if args.random_weights else "")
     write_results(output, "training-step cost against the floor", started, plan=args.plan_name, model=model,
-                  repeats=plan["repeats"], device=torch.cuda.get_device_name() if on_gpu else "cpu",
+                  repeats=plan["repeats"], device=torch.cuda.get_device_name() if gpu else "cpu",
                   num_virtual_tokens=10, batch_size=plan["batch"],
                   step_seconds={m: round(t, 5) for m, t in main_times.items()},
                   ratio_to_floor={m: round(t / main_times["floor"], 3) for m, t in main_times.items()},

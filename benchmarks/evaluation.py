@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from reporting import write_results
-from subjects import SHARED, add_measurement_options, load, parser, plan_name, synchronize
+from subjects import SHARED, add_measurement_options, load, on_gpu, parser, plan_name, synchronize
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "evaluation.json"
@@ -60,7 +60,7 @@ def main() -> None:
     prompts = {kind: prompts[kind] for kind in plan["prompts"]}
     seconds: dict[tuple[str, str], list[float]] = {}
     predictions: dict[tuple[str, str], list[int]] = {}
-    if torch.device(args.device).type == "cuda":  # one untimed pass: the first forwards load kernels
+    if on_gpu(args.device):  # one untimed pass: the first forwards load kernels
         for prompt in prompts.values():
             for switches in WAYS.values():
                 objective.predictions(model, prompt, **switches)

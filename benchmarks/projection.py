@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from reporting import write_results
+from subjects import on_gpu
 
 RESULTS = Path(__file__).resolve().parent / "results" / "projection.json"
 SIZES = [(50_257, 768), (151_936, 4096), (262_144, 2048), (262_144, 4096)]
@@ -41,6 +42,7 @@ def measure(vocab: int, dim: int, method: str, device: str) -> dict:
     with torch.no_grad():
         embedding.weight.normal_(0, 0.02)
     vectors = torch.randn(VECTORS, dim, device=device) * 0.02
+
     def project() -> list[int]:
         with torch.no_grad():
             if method == "chunked":
@@ -50,15 +52,15 @@ def measure(vocab: int, dim: int, method: str, device: str) -> dict:
                 ids = scores.argmax(-1, keepdim=True)
         return ids[:3, 0].tolist()  # a list: waits for the GPU
 
-    on_gpu = torch.device(device).type == "cuda"
-    if on_gpu:
+    gpu = on_gpu(device)
+    if gpu:
         project()  # untimed: the first products load kernels and set up cuBLAS
         torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated() if on_gpu else _peak_rss_bytes()
+    before = torch.cuda.memory_allocated() if gpu else _peak_rss_bytes()
     started = time.perf_counter()
     first_ids = project()
     seconds = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated() if on_gpu else _peak_rss_bytes()
+    peak = torch.cuda.max_memory_allocated() if gpu else _peak_rss_bytes()
     return {"seconds": round(seconds, 4), "peak_extra_MiB": round((peak - before) / 2**20, 1),
             "matrix_MiB": round(vocab * dim * 4 / 2**20, 1), "first_ids": first_ids}
 

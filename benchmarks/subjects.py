@@ -56,11 +56,17 @@ def add_measurement_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, help="timed repeats instead of the plan's (cheap on a GPU)")
 
 
+def on_gpu(device: str) -> bool:
+    import torch
+
+    return torch.device(device).type == "cuda"
+
+
 def synchronize(device: str) -> None:
     """Wait for the GPU's queued work, so a wall-clock reading after it counts that work."""
     import torch
 
-    if torch.device(device).type == "cuda":
+    if on_gpu(device):
         torch.cuda.synchronize()
 
 
