@@ -120,8 +120,11 @@ def prepend_prompts(
         attention_mask = torch.ones(batch, length, dtype=torch.long, device=device)
     if isinstance(prompts, torch.Tensor):
         prompts = prompts.expand(batch, -1, -1) if prompts.dim() == 2 else prompts
-        if bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all()):  # right-padded: one concatenation
-            return _prepend_to_right_padded(prompts, inputs_embeds, attention_mask)
+        # One prompt length: a concatenation is the layout wherever padding may stay where it is, or where there
+        # is none to move (no padding, or right padding kept on the right).
+        right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+        if not compact or (right_padded and (not padding_left or bool(attention_mask.all()))):
+            return _concatenate(prompts, inputs_embeds, attention_mask)
         prompts = list(prompts)
     if len(prompts) != batch:
         raise ValueError(f"Got {len(prompts)} prompts for a batch of {batch} rows; give one per row.")
@@ -147,8 +150,9 @@ def prepend_prompts(
     return PromptedBatch(torch.stack(rows), torch.stack(row_masks), torch.stack(user_columns), width, length)
 
 
-def _prepend_to_right_padded(prompts: torch.Tensor, inputs_embeds: torch.Tensor, mask: torch.Tensor) -> PromptedBatch:
-    """The common case (training, scoring) without a loop over rows: one prompt length, right-padded inputs."""
+def _concatenate(prompts: torch.Tensor, inputs_embeds: torch.Tensor, mask: torch.Tensor) -> PromptedBatch:
+    """The common case (training, scoring, a causal LM's forward) without a loop over rows: [prompt; input as
+    given], one prompt length."""
     batch, width = prompts.shape[:2]
     embeds = torch.cat([prompts.to(device=inputs_embeds.device, dtype=inputs_embeds.dtype), inputs_embeds], 1)
     mask = torch.cat([mask.new_ones(batch, width), mask], 1)
@@ -181,12 +185,6 @@ def check_adapter_names(peft_model: Any, adapter_names: Sequence[str], batch_siz
 def _is_mixable(peft_model: Any, name: str) -> bool:
     config = peft_model.peft_config[name]
     return config.peft_type in MIXABLE_PROMPT_TYPES and config.num_transformer_submodules in (None, 1)
-
-
-def handles_adapter_names(peft_model: Any, adapter_names: Sequence[str] | None) -> bool:
-    """Whether a forward/generate call with these `adapter_names` is for us (a model of prompt adapters) rather
-    than for peft (LoRA-style adapters; peft does not let one model hold both kinds)."""
-    return adapter_names is not None and peft_model.active_peft_config.is_prompt_learning
 
 
 def adapter_prompt(peft_model: Any, name: str) -> torch.Tensor:
@@ -253,42 +251,123 @@ def _rowwise_forward(wrapper: Any, adapter_names: list[str]):
 
 
 # ------------------------------------------------------------------------------------------ forward, generate
-def _prompted_inputs(
-    peft_model: Any, input_ids, attention_mask, inputs_embeds, adapter_names, token_outputs: bool
-) -> PromptedBatch:
-    if inputs_embeds is None:
-        if input_ids is None:
-            raise ValueError("Give input_ids or inputs_embeds.")
-        inputs_embeds = peft_model.word_embeddings(input_ids)
-    check_adapter_names(peft_model, adapter_names, inputs_embeds.shape[0])
-    base = peft_model.base_model
-    decoder = is_decoder(base)
-    # A decoder's token outputs (causal LM logits) need no reordering if the caller's padding stays in place
-    # (masked; `position_ids()` count only real tokens). Everything else gets rows without inner padding, so
-    # a row's last token is in the last column (decoder heads, generation) and models without position ids
-    # see each row as it is alone.
-    compact = not (token_outputs and decoder and _accepts(base, "position_ids"))
-    return prepend_prompts(row_prompts(peft_model, adapter_names), inputs_embeds, attention_mask, decoder, compact)
+# On a CPU one more forward costs about what this many more tokens do (the intercept of the step-time sweep in
+# benchmarks/cost.py, SmolLM2-135M); on an accelerator a small model's forward is launch-bound, so a mixed batch
+# is never split there.
+GROUP_OVERHEAD_TOKENS = 64
 
 
-def mixed_forward(
+def takes_prompt_path(peft_model: Any, adapter_names: Sequence[str] | None) -> bool:
+    """Whether a forward/generate call is ours: every call of a SOFTHARD adapter, and calls with `adapter_names`
+    on a model of prompt adapters (LoRA-style adapters go to peft, which cannot hold both kinds in one model)."""
+    config = peft_model.active_peft_config
+    if adapter_names is not None:
+        return config.is_prompt_learning
+    return is_softhard(config)
+
+
+def forward_with_prompts(
     peft_model: Any,
     input_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     inputs_embeds: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
     *,
-    adapter_names: Sequence[str],
+    adapter_names: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> Any:
-    """`peft_model(...)` with one adapter per row; what `forward(adapter_names=...)` runs for prompt adapters."""
+    """`peft_model(...)` with each row's prompt right before its real tokens: its adapter's from `adapter_names`,
+    else the active adapter's. Token outputs come back in the user layout (see the module docstring)."""
     base = peft_model.base_model
-    encoder_decoder = getattr(base.config, "is_encoder_decoder", False)
-    token_outputs = peft_model.active_peft_config.task_type == "CAUSAL_LM"
-    batch = _prompted_inputs(peft_model, input_ids, attention_mask, inputs_embeds, adapter_names, token_outputs)
+    inputs_embeds, names = _embedded_rows(peft_model, input_ids, inputs_embeds, adapter_names)
+    encoder_decoder = bool(getattr(base.config, "is_encoder_decoder", False))
     for unused in ("task_ids", "position_ids"):
         if kwargs.pop(unused, None) is not None:
-            logger.warning("%s is ignored in a mixed batch: each row gets its own positions.", unused)
+            logger.warning("%s is ignored with a prompt adapter: each row gets its own positions.", unused)
+    return_dict = kwargs.pop("return_dict", None)
+    decoder = is_decoder(base)
+    groups = _length_groups_if_worth_it(peft_model, names, inputs_embeds, attention_mask, labels, kwargs)
+    if groups is not None:
+        output = _grouped_forward(peft_model, groups, names, inputs_embeds, attention_mask, decoder, kwargs)
+    else:
+        # A decoder's causal-LM logits need no reordering if the caller's padding stays in place (masked;
+        # `position_ids()` count only real tokens). Everything else gets rows without inner padding, so a row's
+        # last token is in the last column (decoder heads) and models without position ids see each row as it
+        # is alone.
+        token_outputs = peft_model.active_peft_config.task_type == "CAUSAL_LM"
+        compact = not (token_outputs and decoder and _accepts(base, "position_ids"))
+        batch = prepend_prompts(_prompts_of(peft_model, names), inputs_embeds, attention_mask, decoder, compact)
+        output = _run_base(peft_model, batch, names, labels, kwargs, encoder_decoder)
+        if not encoder_decoder:
+            _to_user_layout(output, batch)
+    return output.to_tuple() if return_dict is False else output
+
+
+def generate_with_prompts(
+    peft_model: Any,
+    input_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    *,
+    adapter_names: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """`peft_model.generate(...)` with each row's prompt right before its real tokens. Rows are laid out as the
+    base model would take them with the prompt's ids literally in place (decoders: padding on the left, so every
+    row continues from the last column), and the base model's own `generate` runs from those embeddings: its
+    positions, masks, cache and sampling apply unchanged. A decoder returns each row's input ids as given
+    followed by its new tokens (as peft does); an encoder-decoder returns the decoder's sequences."""
+    base = peft_model.base_model
+    inputs_embeds, names = _embedded_rows(peft_model, input_ids, inputs_embeds, adapter_names)
+    for unused in ("task_ids", "position_ids"):
+        if kwargs.pop(unused, None) is not None:
+            logger.warning("%s is ignored with a prompt adapter: each row gets its own positions.", unused)
+    decoder = is_decoder(base)
+    batch = prepend_prompts(_prompts_of(peft_model, names), inputs_embeds, attention_mask, decoder, compact=True)
+    encoder_decoder = bool(getattr(base.config, "is_encoder_decoder", False))
+    if not encoder_decoder and input_ids is not None:
+        _lengths_count_the_input_ids(kwargs, input_ids.shape[1])
+    with _heads_of(peft_model, names):
+        output = base.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, **kwargs)
+    if encoder_decoder or input_ids is None:
+        return output
+    # transformers returns only the new tokens when generation starts from embeddings
+    if isinstance(output, torch.Tensor):
+        return torch.cat([input_ids.to(output.device), output], 1)
+    output["sequences"] = torch.cat([input_ids.to(output.sequences.device), output.sequences], 1)
+    return output
+
+
+def _embedded_rows(peft_model: Any, input_ids, inputs_embeds, adapter_names) -> tuple[torch.Tensor, list[str]]:
+    """The inputs as embeddings [B, L, d], and each row's adapter name."""
+    if inputs_embeds is None:
+        if input_ids is None:
+            raise ValueError("Give input_ids or inputs_embeds.")
+        inputs_embeds = peft_model.word_embeddings(input_ids)
+    if adapter_names is None:
+        return inputs_embeds, [peft_model.active_adapter] * inputs_embeds.shape[0]
+    check_adapter_names(peft_model, adapter_names, inputs_embeds.shape[0])
+    return inputs_embeds, list(adapter_names)
+
+
+def _prompts_of(peft_model: Any, names: list[str]) -> torch.Tensor | list[torch.Tensor]:
+    """One [n, d] prompt when every row has the same adapter (one concatenation, no per-row work), else a list."""
+    if len(set(names)) == 1:
+        return adapter_prompt(peft_model, names[0])
+    return row_prompts(peft_model, names)
+
+
+def _heads_of(peft_model: Any, names: list[str]) -> contextlib.AbstractContextManager:
+    """Per-adapter heads applied per row, unless every row is the active adapter's (peft's own case)."""
+    if set(names) == {peft_model.active_adapter}:
+        return contextlib.nullcontext()
+    return per_row_heads(peft_model, names)
+
+
+def _run_base(peft_model: Any, batch: PromptedBatch, names: list[str], labels, kwargs: dict, encoder_decoder: bool):
+    """The base model on prompted rows: per-token arguments laid out like the rows, positions counted per row."""
+    base = peft_model.base_model
+    kwargs = dict(kwargs)
     if kwargs.get("token_type_ids") is not None:
         kwargs["token_type_ids"] = batch.extend_per_token(kwargs["token_type_ids"], fill=0)
     if labels is not None and labels.dim() == 2 and not encoder_decoder:  # per-token labels: none on prompts
@@ -297,37 +376,95 @@ def mixed_forward(
         kwargs["position_ids"] = batch.position_ids()
     if labels is not None:
         kwargs["labels"] = labels
-    with per_row_heads(peft_model, adapter_names):
-        output = base(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, **kwargs)
-    if not encoder_decoder:
-        for key in ("logits", "last_hidden_state"):
-            value = getattr(output, key, None)
-            if isinstance(value, torch.Tensor) and value.dim() >= 3 and value.shape[1] == batch.inputs_embeds.shape[1]:
-                output[key] = batch.to_user_layout(value)
-    return output
+    with _heads_of(peft_model, names):
+        return base(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, return_dict=True,
+                    **kwargs)
 
 
-def mixed_generate(
-    peft_model: Any,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    *,
-    adapter_names: Sequence[str],
-    **kwargs: Any,
-) -> Any:
-    """`peft_model.generate(...)` with one adapter per row. A decoder returns each row's input ids followed by
-    its new tokens (as peft does); an encoder-decoder returns the decoder's sequences."""
-    base = peft_model.base_model
-    batch = _prompted_inputs(peft_model, input_ids, attention_mask, None, adapter_names, token_outputs=False)
-    with per_row_heads(peft_model, adapter_names):
-        output = base.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, **kwargs)
-    if getattr(base.config, "is_encoder_decoder", False):
-        return output
-    # transformers returns only the new tokens when generation starts from embeddings
-    if isinstance(output, torch.Tensor):
-        return torch.cat([input_ids.to(output.device), output], 1)
-    output["sequences"] = torch.cat([input_ids.to(output.sequences.device), output.sequences], 1)
-    return output
+def _to_user_layout(output: Any, batch: PromptedBatch) -> None:
+    """Token-level outputs (logits, hidden states) of a decoder-only or encoder model, in the user layout."""
+    width = batch.inputs_embeds.shape[1]
+
+    def is_per_token(value: Any) -> bool:
+        return isinstance(value, torch.Tensor) and value.dim() >= 3 and value.shape[1] == width
+
+    for key in ("logits", "last_hidden_state"):
+        if is_per_token(output.get(key)):
+            output[key] = batch.to_user_layout(output[key])
+    if isinstance(output.get("hidden_states"), tuple) and all(map(is_per_token, output["hidden_states"])):
+        output["hidden_states"] = tuple(batch.to_user_layout(h) for h in output["hidden_states"])
+
+
+def _lengths_count_the_input_ids(kwargs: dict, given: int) -> None:
+    """generate() from embeddings counts `max_length`/`min_length` over the embeddings, prompt included; peft and
+    transformers count them over the input ids the caller gave."""
+    for limit in ("max", "min"):
+        if kwargs.get(f"{limit}_length") is not None and kwargs.get(f"{limit}_new_tokens") is None:
+            kwargs[f"{limit}_new_tokens"] = kwargs.pop(f"{limit}_length") - given
+
+
+# ------------------------------------------------------------------------------------------ grouping by length
+def length_groups(totals: Sequence[int], overhead: int) -> list[list[int]]:
+    """Rows split into groups of similar total length (prompt + real input) for the least padded work: the
+    partition of the rows sorted by total that minimises sum(rows x longest total) + `overhead` per group (an
+    O(B^2) dynamic programme; B is a batch)."""
+    order = sorted(range(len(totals)), key=lambda i: totals[i])
+    best, cut = [0.0] + [float("inf")] * len(order), [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for start in range(end):
+            cost = best[start] + (end - start) * totals[order[end - 1]] + overhead
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    groups, end = [], len(order)
+    while end:
+        groups.append(order[cut[end] : end])
+        end = cut[end]
+    return groups[::-1]
+
+
+def _length_groups_if_worth_it(peft_model, names, inputs_embeds, attention_mask, labels, kwargs) -> list | None:
+    """Groups for a mixed batch of prompts of different lengths at inference, where one forward would be as wide
+    as the longest prompt plus the longest input; None for one forward (training, labels, a cache, attention
+    maps or hidden states asked for, an encoder-decoder, an accelerator, or no padding worth saving)."""
+    if (len(set(names)) == 1 or torch.is_grad_enabled() or labels is not None or inputs_embeds.device.type != "cpu"
+            or getattr(peft_model.base_model.config, "is_encoder_decoder", False)
+            or any(kwargs.get(k) for k in ("use_cache", "output_attentions", "output_hidden_states"))):
+        return None
+    prompts = {name: adapter_prompt(peft_model, name).shape[0] for name in set(names)}
+    lengths = (attention_mask.sum(1).tolist() if attention_mask is not None
+               else [inputs_embeds.shape[1]] * inputs_embeds.shape[0])
+    groups = length_groups([prompts[name] + int(n) for name, n in zip(names, lengths, strict=True)],
+                           GROUP_OVERHEAD_TOKENS)
+    return groups if len(groups) > 1 else None
+
+
+def _grouped_forward(peft_model, groups, names, inputs_embeds, attention_mask, decoder: bool, kwargs: dict):
+    """One forward per group of rows (each without inner padding), assembled into the output one forward gives:
+    token outputs in the user layout, other outputs row by row. No cache is returned."""
+    if attention_mask is None:
+        attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+    prompts = row_prompts(peft_model, names)
+    width = max(p.shape[0] for p in prompts) + inputs_embeds.shape[1]
+    kwargs = {**kwargs, "use_cache": False}
+    parts = []
+    for rows in groups:
+        batch = prepend_prompts([prompts[i] for i in rows], inputs_embeds[rows], attention_mask[rows], decoder)
+        parts.append((rows, batch, _run_base(peft_model, batch, [names[i] for i in rows], None, kwargs, False)))
+    merged = {}
+    for key, value in parts[0][2].items():
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            continue
+        per_token = value.dim() >= 3 and value.shape[1] == parts[0][1].inputs_embeds.shape[1]
+        merged[key] = value.new_zeros(len(names), *((width,) if per_token else ()), *value.shape[1 + per_token :])
+        for rows, batch, output in parts:
+            rows = torch.tensor(rows, device=value.device)
+            if per_token:  # each internal column to its user-layout column, this group's prompts right-aligned
+                row, column = (batch.user_columns >= 0).nonzero(as_tuple=True)
+                target = batch.user_columns[row, column] + width - batch.prompt_width - batch.input_width
+                merged[key][rows[row.to(value.device)], target.to(value.device)] = output[key][row, column]
+            else:
+                merged[key][rows] = output[key]
+    return type(parts[0][2])(**merged)
 
 
 # ------------------------------------------------------------------------------------------ many adapters

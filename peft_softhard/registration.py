@@ -6,13 +6,16 @@ peft 0.21 only knows the prompt methods it ships, so these things are done here,
 3. `PeftModel._setup_prompt_encoder` (builds only the encoders it knows) and `PeftModel.get_prompt`
    (reads `embedding.weight` directly at inference, which would skip the hard projection) are wrapped to
    handle SOFTHARD adapters and pass every other adapter through unchanged;
-4. `PeftModelForSeq2SeqLM.forward` / `.generate` are wrapped so SOFTHARD takes the encoder-prompt path that
-   peft reserves for PROMPT_TUNING (other types fall where `generate()` raises NotImplementedError);
-5. the task models' `forward` and `generate` are wrapped to take `adapter_names=` (one adapter per row) for
-   prompt adapters, which peft drops (see `mixed_batch`); LoRA-style adapters still go to peft;
-6. `PeftModel.delete_adapter` is wrapped for prompt adapters: peft 0.21 hands every remaining adapter to each
+4. the task models' `forward` and `generate` are wrapped so that every call of a SOFTHARD adapter, and every
+   call with `adapter_names=` (one adapter per row, which peft drops for prompt adapters) on a model of prompt
+   adapters, runs our own path (`mixed_batch.forward_with_prompts` / `generate_with_prompts`): each row's
+   prompt right before its real tokens, positions counted per row, and the base model's own `generate`. peft's
+   prompt-learning forward puts left padding between prompt and input, and its `prepare_inputs_for_generation`
+   diverges after the first new token with transformers 5.24; neither is used for SOFTHARD. LoRA-style
+   adapters and stock prompt adapters without `adapter_names` still go to peft;
+5. `PeftModel.delete_adapter` is wrapped for prompt adapters: peft 0.21 hands every remaining adapter to each
    task head's `delete_adapter`, which refuses more than one, so deleting one of three SEQ_CLS adapters failed;
-7. `PeftModel.load_adapter` is wrapped so a truncated or corrupted SOFTHARD weights file gives an error that
+6. `PeftModel.load_adapter` is wrapped so a truncated or corrupted SOFTHARD weights file gives an error that
    names the file and the fix instead of safetensors' bare "Error while deserializing header".
 """
 
@@ -31,9 +34,9 @@ PEFT_TYPE_NAME = "SOFTHARD"
 # peft warns when an adapter name is a substring of the method's key prefix; "softhard_" would catch the
 # natural names "soft" and "hard". No key of our state dict starts with this prefix, so peft renames none.
 KEY_PREFIX = "shvt_"
-MIXED_BATCH_FORWARD = ("PeftModelForCausalLM", "PeftModelForSeq2SeqLM", "PeftModelForSequenceClassification",
-                       "PeftModelForTokenClassification", "PeftModelForFeatureExtraction")
-MIXED_BATCH_GENERATE = ("PeftModelForCausalLM", "PeftModelForSeq2SeqLM")
+PROMPTED_FORWARD = ("PeftModelForCausalLM", "PeftModelForSeq2SeqLM", "PeftModelForSequenceClassification",
+                    "PeftModelForTokenClassification", "PeftModelForFeatureExtraction")
+PROMPTED_GENERATE = ("PeftModelForCausalLM", "PeftModelForSeq2SeqLM")
 
 
 def _require_peft_symbols() -> None:
@@ -46,14 +49,14 @@ def _require_peft_symbols() -> None:
         from peft.tuners import tuners_utils
         from peft.utils.peft_types import PeftType, register_peft_method  # noqa: F401
 
-        classes = {name: getattr(peft, name, None) for name in ("PeftModel", *MIXED_BATCH_FORWARD)}
+        classes = {name: getattr(peft, name, None) for name in ("PeftModel", *PROMPTED_FORWARD)}
         classes["BasePromptEncoder"] = getattr(tuners_utils, "BasePromptEncoder", None)
         needed = [
-            *[("PeftModel", name) for name in ("_setup_prompt_encoder", "get_prompt", "_adjust_prompt_learning_kwargs",
-                                               "load_adapter", "delete_adapter")],
+            *[("PeftModel", name) for name in ("_setup_prompt_encoder", "get_prompt", "load_adapter",
+                                               "delete_adapter")],
             *[("BasePromptEncoder", name) for name in ("_get_adapter_state_dict", "_load_adapter_state_dict")],
-            *[(task_model, "forward") for task_model in MIXED_BATCH_FORWARD],
-            *[(task_model, "generate") for task_model in MIXED_BATCH_GENERATE],
+            *[(task_model, "forward") for task_model in PROMPTED_FORWARD],
+            *[(task_model, "generate") for task_model in PROMPTED_GENERATE],
         ]
         missing = [f"{owner}.{name}" for owner, name in needed
                    if classes[owner] is None or name not in vars(classes[owner])]
@@ -119,43 +122,6 @@ def _softhard_prompts(peft_model: Any, batch_size: int) -> Any:
     return prompt.unsqueeze(0).expand(batch_size, -1, -1)
 
 
-def _seq2seq_forward(peft_model: Any, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs: Any) -> Any:
-    """SOFTHARD on an encoder-decoder: the prompt goes before the encoder input only (as PROMPT_TUNING)."""
-    config = peft_model.active_peft_config
-    peft_model._adjust_prompt_learning_kwargs(config, kwargs=kwargs)
-    kwargs.pop("task_ids", None)
-    if inputs_embeds is None:
-        inputs_embeds = peft_model.word_embeddings(input_ids)
-    inputs_embeds, attention_mask = _prepend_prompt(peft_model, inputs_embeds, attention_mask)
-    return peft_model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
-
-
-def _seq2seq_generate(peft_model: Any, **kwargs: Any) -> Any:
-    if "input_ids" not in kwargs:
-        raise ValueError("input_ids must be provided for Peft model generation")
-    config = peft_model.active_peft_config
-    peft_model._adjust_prompt_learning_kwargs(config, kwargs=kwargs)
-    kwargs.pop("task_ids", None)
-    inputs_embeds = peft_model.word_embeddings(kwargs.pop("input_ids"))
-    kwargs["inputs_embeds"], kwargs["attention_mask"] = _prepend_prompt(
-        peft_model, inputs_embeds, kwargs.get("attention_mask")
-    )
-    if kwargs["attention_mask"] is None:
-        del kwargs["attention_mask"]
-    return peft_model.base_model.generate(**kwargs)
-
-
-def _prepend_prompt(peft_model: Any, inputs_embeds: Any, attention_mask: Any) -> tuple[Any, Any]:
-    import torch
-
-    batch_size = inputs_embeds.shape[0]
-    prompts = _softhard_prompts(peft_model, batch_size).to(inputs_embeds.dtype)
-    if attention_mask is not None:
-        prefix = attention_mask.new_ones(batch_size, prompts.shape[1])
-        attention_mask = torch.cat((prefix, attention_mask), dim=1)
-    return torch.cat((prompts, inputs_embeds), dim=1), attention_mask
-
-
 def is_prompt_adapter(config: Any) -> bool:
     return bool(getattr(config, "is_prompt_learning", False))
 
@@ -178,17 +144,17 @@ def _route(original: Callable, ours: Callable, config_of: Callable, is_ours: Cal
     return wrapper
 
 
-def _accept_adapter_names(original: Callable, mixed: Callable) -> Callable:
-    """Wrap a task model's forward/generate so `adapter_names=[...]` selects each row's prompt adapter."""
-    from .mixed_batch import handles_adapter_names
+def _prompt_path(original: Callable, ours: Callable) -> Callable:
+    """Wrap a task model's forward/generate so the calls `takes_prompt_path` claims run `ours`."""
+    from .mixed_batch import takes_prompt_path
 
     signature = inspect.signature(original)
 
     @functools.wraps(original)
     def wrapper(self, *args, **kwargs):
-        if not handles_adapter_names(self, kwargs.get("adapter_names")):
+        if not takes_prompt_path(self, kwargs.get("adapter_names")):
             return original(self, *args, **kwargs)
-        return mixed(self, **_as_keywords(signature, self, args, kwargs))
+        return ours(self, **_as_keywords(signature, self, args, kwargs))
 
     wrapper.__softhard_original__ = original
     return wrapper
@@ -264,9 +230,9 @@ def _saved_peft_type(folder: str) -> str | None:
 def _patch_peft_model() -> None:
     import peft
 
-    from .mixed_batch import mixed_forward, mixed_generate
+    from .mixed_batch import forward_with_prompts, generate_with_prompts
 
-    PeftModel, PeftModelForSeq2SeqLM = peft.PeftModel, peft.PeftModelForSeq2SeqLM  # noqa: N806
+    PeftModel = peft.PeftModel  # noqa: N806
 
     if hasattr(PeftModel._setup_prompt_encoder, "__softhard_original__"):
         return
@@ -277,17 +243,15 @@ def _patch_peft_model() -> None:
     PeftModel.get_prompt = _route_softhard(
         PeftModel.get_prompt, lambda model, batch_size, *a, **k: _softhard_prompts(model, batch_size), active
     )
-    PeftModelForSeq2SeqLM.forward = _route_softhard(PeftModelForSeq2SeqLM.forward, _seq2seq_forward, active)
-    PeftModelForSeq2SeqLM.generate = _route_softhard(PeftModelForSeq2SeqLM.generate, _seq2seq_generate, active)
     PeftModel.load_adapter = _explain_corrupted_weights(PeftModel.load_adapter)
     PeftModel.delete_adapter = _route(PeftModel.delete_adapter, _delete_prompt_adapter,
                                       lambda model, name: model.peft_config.get(name), is_prompt_adapter)
-    for task_model in MIXED_BATCH_FORWARD:
+    for task_model in PROMPTED_FORWARD:
         cls = getattr(peft, task_model)
-        cls.forward = _accept_adapter_names(cls.forward, mixed_forward)
-    for task_model in MIXED_BATCH_GENERATE:
+        cls.forward = _prompt_path(cls.forward, forward_with_prompts)
+    for task_model in PROMPTED_GENERATE:
         cls = getattr(peft, task_model)
-        cls.generate = _accept_adapter_names(cls.generate, mixed_generate)
+        cls.generate = _prompt_path(cls.generate, generate_with_prompts)
 
 
 def register() -> None:

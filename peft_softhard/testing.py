@@ -93,6 +93,26 @@ def random_batch(batch: int = 2, length: int = 7, vocab: int = SMALL_VOCAB, seed
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
+def padded_batch(
+    rows: list[torch.Tensor], side: str, pad_id: int = 0, width: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Token rows of any lengths as one batch padded on `side` ("left" or "right") with `pad_id`, at least
+    `width` columns wide."""
+    width = max([len(row) for row in rows] + [width or 0])
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        columns = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        input_ids[i, columns], mask[i, columns] = torch.as_tensor(row), 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def random_rows(lengths: list[int], vocab: int = SMALL_VOCAB, seed: int = 0) -> list[torch.Tensor]:
+    """Rows of random token ids (3 and up: never pad, bos or eos), one of each length."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=generator) for n in lengths]
+
+
 def bigram_llama(vocab: int = 1000, hidden: int = 32, sharpness: float = 0.5, seed: int = 0):
     """A planted problem with a known answer: a Llama whose next token depends only on the current token.
 

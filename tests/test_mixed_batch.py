@@ -12,10 +12,13 @@ from peft import LoraConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_m
 
 from peft_softhard import SoftHardConfig
 from peft_softhard.ensemble import combine_log_probs, score_ensemble
-from peft_softhard.mixed_batch import load_adapters
+from peft_softhard import mixed_batch
+from peft_softhard.mixed_batch import length_groups, load_adapters
 from peft_softhard.objectives import ClassificationObjective, SequenceClassificationObjective, TargetTextObjective
 from peft_softhard.testing import (
     build,
+    padded_batch,
+    random_rows,
     tiny_bert,
     tiny_bert_seq_cls,
     tiny_bert_token_cls,
@@ -77,15 +80,8 @@ def randomise_heads(model, seed: int):
 
 
 def padded_rows(lengths: list[int], side: str, seed: int = 0) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(seed)
-    rows = [torch.randint(3, 1000, (n,), generator=generator) for n in lengths]
-    width = max(lengths)
-    input_ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        columns = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-        input_ids[i, columns], mask[i, columns] = row, 1
-    return rows, {"input_ids": input_ids, "attention_mask": mask}
+    rows = random_rows(lengths, seed=seed)
+    return rows, padded_batch(rows, side)
 
 
 def run_alone(model, reference, name: str, row: torch.Tensor, **kwargs):
@@ -305,3 +301,39 @@ def model_with_heads(base):
     model = get_peft_model(base, SoftHardConfig(task_type="SEQ_CLS", num_virtual_tokens=2, init="random"), "a")
     model.add_adapter("b", SoftHardConfig(task_type="SEQ_CLS", num_virtual_tokens=3, mode="hard"))
     return randomise_heads(model, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------- grouping by length
+def test_length_groups_balance_padding_against_the_cost_of_a_forward():
+    totals = [3, 10, 4, 11]
+    assert length_groups(totals, overhead=100) == [[0, 2, 1, 3]]
+    assert length_groups(totals, overhead=5) == [[0, 2], [1, 3]]
+    assert length_groups(totals, overhead=0) == [[0], [2], [1], [3]]
+
+
+@pytest.mark.parametrize("case", ["llama", "gpt2-seq-cls", "bert-token-cls", "bert"])
+@torch.no_grad()
+def test_a_mixed_batch_run_in_length_groups_gives_what_one_forward_gives(case, monkeypatch):
+    task, factory = CASES[case]
+    model = model_with_adapters(task, factory)
+    rows, batch = padded_rows([6, 1, 5, 6, 2], "left")
+    forwards = []
+    model.base_model.register_forward_hook(lambda *_: forwards.append(1))
+    monkeypatch.setattr(mixed_batch, "GROUP_OVERHEAD_TOKENS", 10**6)
+    one = model(**batch, adapter_names=NAMES)
+    monkeypatch.setattr(mixed_batch, "GROUP_OVERHEAD_TOKENS", 0)
+    grouped = model(**batch, adapter_names=NAMES)
+    assert len(forwards) > 2  # one, then several
+    key = "last_hidden_state" if task == "FEATURE_EXTRACTION" else "logits"
+    assert grouped[key].shape == one[key].shape
+    if one[key].dim() == 3:  # compare where rows have tokens: their prompts' and their inputs' columns
+        width, longest = batch["input_ids"].shape[1], max(model.prompt_encoder[n].embedding.weight.shape[0]
+                                                            for n in set(NAMES) - {"__base__"})
+        for i, name in enumerate(NAMES):
+            prompt = 0 if name == "__base__" else model.prompt_encoder[name].embedding.weight.shape[0]
+            used = torch.cat([torch.arange(longest - prompt, longest),
+                              longest + batch["attention_mask"][i].nonzero().flatten()])
+            assert used.max() < longest + width
+            torch.testing.assert_close(grouped[key][i, used], one[key][i, used], atol=TOLERANCE, rtol=0)
+    else:
+        torch.testing.assert_close(grouped[key], one[key], atol=TOLERANCE, rtol=0)
