@@ -251,8 +251,8 @@ def main() -> None:
     sweep = []
     for length in plan["lengths"]:
         for batch in plan["batches"]:
-            seconds = interleaved_step_times(lambda m: make_step(m, base, objective, length), rows, device, ["soft"],
-                                             batch, plan["sweep_repeats"])["soft"]  # noqa: B023 (called at once)
+            seconds = interleaved_step_times(lambda m, n=length: make_step(m, base, objective, n), rows, device,
+                                             ["soft"], batch, plan["sweep_repeats"])["soft"]
             sweep.append({"length": length, "batch": batch, "seconds": round(seconds, 5)})
     gpu = on_gpu(args.device)
     memory_key = "peak_cuda_allocated_mib" if gpu else "peak_rss_mib"
@@ -268,7 +268,8 @@ def main() -> None:
                   step_seconds={m: round(t, 5) for m, t in main_times.items()},
                   ratio_to_floor={m: round(t / main_times["floor"], 3) for m, t in main_times.items()},
                   trainer_path_step_seconds={m: round(t, 5) for m, t in trainer_times.items()},
-                  trainer_path_ratio_to_floor={m: round(t / trainer_times["floor"], 3) for m, t in trainer_times.items()},
+                  trainer_path_ratio_to_floor={m: round(t / trainer_times["floor"], 3)
+                                               for m, t in trainer_times.items()},
                   **{memory_key: {m: round(v, 1) for m, v in memory.items()}}, length_batch_sweep=sweep)
 
 

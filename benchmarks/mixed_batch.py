@@ -1,9 +1,11 @@
 """Many prompts, one frozen model: mixed-task batches and prompt ensembles on SmolLM2-135M and SST-2.
 
 1. Throughput: requests for K tasks (K = 1, 2, 4, 8 prompt adapters of 5-20 tokens) arrive in batches of 16.
-   "mixed" runs each batch once with `adapter_names=` (one prompt per row); "separate" splits it into one
-   batch per task and switches the active adapter between them (what peft offers for prompt methods).
-   Examples/second, median of interleaved repeats.
+   "mixed" runs each batch with one call with `adapter_names=` (one prompt per row; on the CPU it splits the
+   rows into groups of similar total length, see `mixed_batch.length_groups`); "mixed, one forward" is the
+   same call kept to one forward (as wide as the longest prompt plus the longest input); "separate" splits it
+   into one batch per task and switches the active adapter between them (what peft offers for prompt
+   methods). Examples/second, median of interleaved repeats.
 2. Equality: the largest |logit difference| between a row in a mixed batch of all K = 8 adapters and the same
    row run alone with its adapter active (no padding).
 3. Ensemble: three 10-token soft prompts (seeds 0, 1, 2) and one 5-token PEZ hard prompt, trained on 1,000
@@ -21,8 +23,10 @@ benchmarks/results/mixed_batch.json and a markdown table next to it.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +39,7 @@ RESULTS = HERE / "results" / "mixed_batch.json"
 PROMPT_LENGTHS = [10, 20, 5, 10, 15, 10, 5, 20]  # of the K task adapters
 TASK_COUNTS = [1, 2, 4, 8]
 BATCH = 16
+MODES = ("mixed", "mixed, one forward", "separate")
 
 PLANS = {  # rows scored for throughput, repeats, ensemble: training steps (soft, hard), dev rows
     "full": {"rows": 96, "repeats": 3, "soft_steps": 60, "hard_steps": 40, "dev_rows": None, "train_rows": 1000},
@@ -69,7 +74,7 @@ def measure_throughput(model, names, tokenizer, texts, repeats: int) -> tuple[li
         for _ in range(repeats):
             for count in TASK_COUNTS:
                 assignments = [[rng.choice(names[:count]) for _ in range(len(b["input_ids"]))] for b in batches]
-                for mode in ("mixed", "separate"):
+                for mode in MODES:
                     started = time.perf_counter()
                     for batch, tasks in zip(batches, assignments, strict=True):
                         run_batch(model, batch, tasks, mode)
@@ -78,16 +83,32 @@ def measure_throughput(model, names, tokenizer, texts, repeats: int) -> tuple[li
     rows = []
     for count in TASK_COUNTS:
         row = {"tasks": count}
-        for mode in ("mixed", "separate"):
-            row[f"{mode}_examples_per_second"] = round(len(texts) / statistics.median(times[(count, mode)]), 2)
+        for mode in MODES:
+            key = mode.replace(", ", "_").replace(" ", "_")
+            row[f"{key}_examples_per_second"] = round(len(texts) / statistics.median(times[(count, mode)]), 2)
         row["speedup"] = round(row["mixed_examples_per_second"] / row["separate_examples_per_second"], 2)
+        row["one_forward_speedup"] = round(row["mixed_one_forward_examples_per_second"]
+                                           / row["separate_examples_per_second"], 2)
         rows.append(row)
     return rows, worst
 
 
+@contextlib.contextmanager
+def one_forward():
+    """A mixed batch kept to one forward, as before length groups (a forward then costs 'infinitely' much)."""
+    from peft_softhard import mixed_batch
+
+    saved, mixed_batch.GROUP_OVERHEAD_TOKENS = mixed_batch.GROUP_OVERHEAD_TOKENS, sys.maxsize
+    try:
+        yield
+    finally:
+        mixed_batch.GROUP_OVERHEAD_TOKENS = saved
+
+
 def run_batch(model, batch, tasks: list[str], mode: str) -> None:
-    if mode == "mixed":
-        model(**batch, adapter_names=tasks)
+    if mode.startswith("mixed"):
+        with one_forward() if mode == "mixed, one forward" else contextlib.nullcontext():
+            model(**batch, adapter_names=tasks)
         return
     for task in dict.fromkeys(tasks):
         rows = [i for i, t in enumerate(tasks) if t == task]
@@ -188,10 +209,11 @@ def score_members(base, tokenizer, members: dict[str, Path], dev_rows: int | Non
 
 
 def markdown(throughput: list[dict], worst: dict[str, float], ensemble: dict | None) -> str:
-    lines = ["| tasks K | mixed batch (examples/s) | separate per-task batches (examples/s) | mixed / separate |",
-             "|---|---|---|---|"]
-    lines += [f"| {r['tasks']} | {r['mixed_examples_per_second']} | {r['separate_examples_per_second']} | "
-              f"{r['speedup']}x |" for r in throughput]
+    lines = ["| tasks K | mixed batch (examples/s) | mixed, one forward | separate per-task batches | "
+             "mixed / separate | one forward / separate |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['tasks']} | {r['mixed_examples_per_second']} | {r['mixed_one_forward_examples_per_second']} | "
+              f"{r['separate_examples_per_second']} | {r['speedup']}x | {r['one_forward_speedup']}x |"
+              for r in throughput]
     lines.append(f"\nLargest |logit difference| from running a row alone: {worst['mixed_vs_alone']:.1e} in a mixed "
                  f"batch of 8 prompts, {worst['one_adapter_batch_vs_alone']:.1e} in an ordinary one-prompt batch "
                  f"(logits up to {worst['largest_logit']:.0f} in size).")

@@ -261,7 +261,10 @@ GROUP_OVERHEAD_TOKENS = 64
 
 def takes_prompt_path(peft_model: Any, adapter_names: Sequence[str] | None) -> bool:
     """Whether a forward/generate call is ours: every call of a SOFTHARD adapter, and calls with `adapter_names`
-    on a model of prompt adapters (LoRA-style adapters go to peft, which cannot hold both kinds in one model)."""
+    on a model of prompt adapters (LoRA-style adapters go to peft, which cannot hold both kinds in one model).
+    Inside `disable_adapter()` nothing is: peft then runs the base model alone."""
+    if getattr(peft_model, "_adapters_disabled", False):
+        return False
     config = peft_model.active_peft_config
     if adapter_names is not None:
         return config.is_prompt_learning

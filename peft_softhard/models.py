@@ -91,6 +91,8 @@ def load_smollm2(dtype: Any = None) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = smollm2_folder()
+    if importlib.util.find_spec("gguf") is None:  # a dependency of ours, but a --no-deps install can lack it
+        raise ModuleNotFoundError("Reading the SmolLM2 GGUF file needs the gguf package: pip install 'gguf>=0.10'")
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=dtype or torch.float32)
     return model.eval(), tokenizer

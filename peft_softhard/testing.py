@@ -44,6 +44,13 @@ def tiny_gemma3() -> transformers.PreTrainedModel:
     return transformers.Gemma3ForCausalLM(config)
 
 
+def tiny_gpt2_seq_cls() -> transformers.PreTrainedModel:
+    """A decoder with a classification head: it reads the last real position, unlike BERT's first."""
+    config = transformers.GPT2Config(vocab_size=SMALL_VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                                     pad_token_id=0)
+    return transformers.GPT2ForSequenceClassification(config)
+
+
 def _bert_config(num_labels: int = 2) -> transformers.BertConfig:
     return transformers.BertConfig(
         vocab_size=SMALL_VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -70,6 +77,19 @@ def tiny_t5() -> transformers.PreTrainedModel:
     )
     return transformers.T5ForConditionalGeneration(config)
 
+
+# name -> (task type, factory): one model of every architecture and head the exactness tests cover. The causal
+# models have larger weights (but Gemma 3), so that a prompt visibly changes their output.
+ARCHITECTURES = {
+    "gpt2": ("CAUSAL_LM", lambda: tiny_gpt2(initializer_range=0.3)),  # tied embeddings, the real vocabulary size
+    "llama": ("CAUSAL_LM", lambda: tiny_llama(initializer_range=0.3)),
+    "gemma3": ("CAUSAL_LM", tiny_gemma3),  # scales inside its embedding module, sliding-window layers
+    "t5": ("SEQ_2_SEQ_LM", tiny_t5),
+    "bert-seq-cls": ("SEQ_CLS", tiny_bert_seq_cls),
+    "gpt2-seq-cls": ("SEQ_CLS", tiny_gpt2_seq_cls),  # a decoder head: reads the last real token
+    "bert-token-cls": ("TOKEN_CLS", tiny_bert_token_cls),
+    "bert": ("FEATURE_EXTRACTION", tiny_bert),
+}
 
 # task type -> (factory, AutoModel class used to reload it from disk)
 CAUSAL_MODELS = {"gpt2": tiny_gpt2, "llama": tiny_llama, "gemma3": tiny_gemma3}

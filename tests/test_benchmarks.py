@@ -25,6 +25,10 @@ def run_benchmark(name: str, tmp_path, *arguments: str) -> dict:
 def test_exactness_benchmark_runs_and_reports_zero_difference_on_tiny_models(tmp_path):
     rows = run_benchmark("exactness", tmp_path, "--tiny-only")["rows"]
     assert len(rows) == 8 and all(row["max_abs_difference"] <= 1e-6 for row in rows)
+    float32 = [row for row in rows if "bfloat16" not in row["model"]]
+    assert all(row[f"{side}_padded_max_abs_difference"] <= 1e-5 for row in float32 for side in ("left", "right"))
+    generating = [row for row in rows if row["task_type"] in ("CAUSAL_LM", "SEQ_2_SEQ_LM")]
+    assert len(generating) == 5 and all(row["generation_same_tokens"] for row in generating)
 
 
 def test_planted_benchmark_quick_run(tmp_path):
@@ -45,6 +49,7 @@ def test_memory_benchmark_quick_run(tmp_path):
 def test_mixed_batch_benchmark_tiny_run(tmp_path):
     results = run_benchmark("mixed_batch", tmp_path, "--tiny", "--work-dir", str(tmp_path / "work"))
     assert [row["tasks"] for row in results["throughput"]] == [1, 2, 4, 8]
+    assert all(row["mixed_one_forward_examples_per_second"] > 0 for row in results["throughput"])
     assert results["max_abs_logit_difference"]["mixed_vs_alone"] < 1e-4
     assert set(results["ensemble"]["members"]) == {"soft0", "soft1", "soft2", "pez"}
     assert set(results["ensemble"]["ensemble"]) == {"mean", "vote"}
@@ -55,6 +60,8 @@ def test_cost_benchmark_tiny_run(tmp_path):
     assert results["repeats"] == 1 and results["device"] == "cpu"
     assert set(results["ratio_to_floor"]) == {"floor", "soft", "hard", "stock PROMPT_TUNING"}
     assert results["ratio_to_floor"]["floor"] == 1.0 and all(v > 0 for v in results["step_seconds"].values())
+    assert set(results["trainer_path_ratio_to_floor"]) == set(results["ratio_to_floor"])
+    assert all(v > 0 for v in results["trainer_path_step_seconds"].values())
     assert len(results["length_batch_sweep"]) == 4 and all(v > 0 for v in results["peak_rss_mib"].values())
 
 

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 
 def run(command: list, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run([str(part) for part in command], capture_output=True, text=True, **kwargs)
-    assert result.returncode == 0, f"{' '.join(map(str, command))} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+    said = result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, f"{' '.join(map(str, command))} failed:\n{said}"
     return result
 
 

@@ -10,22 +10,16 @@ import torch
 import transformers
 from peft import LoraConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
 
-from peft_softhard import SoftHardConfig
+from peft_softhard import SoftHardConfig, mixed_batch
 from peft_softhard.ensemble import combine_log_probs, score_ensemble
-from peft_softhard import mixed_batch
 from peft_softhard.mixed_batch import length_groups, load_adapters
 from peft_softhard.objectives import ClassificationObjective, SequenceClassificationObjective, TargetTextObjective
 from peft_softhard.testing import (
+    ARCHITECTURES,
     build,
     padded_batch,
     random_rows,
-    tiny_bert,
-    tiny_bert_seq_cls,
-    tiny_bert_token_cls,
-    tiny_gemma3,
-    tiny_gpt2,
     tiny_llama,
-    tiny_t5,
 )
 from peft_softhard.training import TrainConfig, train_prompt
 
@@ -42,22 +36,6 @@ def padding_tokenizer(gpt2_tokenizer):
     return tokenizer
 
 
-def tiny_gpt2_seq_cls() -> transformers.PreTrainedModel:
-    """A decoder with a classification head: it reads the last position, unlike BERT's first."""
-    config = transformers.GPT2Config(vocab_size=1000, n_embd=32, n_layer=2, n_head=2, n_positions=128, pad_token_id=0)
-    return transformers.GPT2ForSequenceClassification(config)
-
-
-CASES = {
-    "gpt2": ("CAUSAL_LM", lambda: tiny_gpt2(initializer_range=0.3)),
-    "llama": ("CAUSAL_LM", lambda: tiny_llama(initializer_range=0.3)),
-    "gemma3": ("CAUSAL_LM", tiny_gemma3),
-    "bert-seq-cls": ("SEQ_CLS", tiny_bert_seq_cls),
-    "gpt2-seq-cls": ("SEQ_CLS", tiny_gpt2_seq_cls),
-    "bert-token-cls": ("TOKEN_CLS", tiny_bert_token_cls),
-    "bert": ("FEATURE_EXTRACTION", tiny_bert),
-    "t5": ("SEQ_2_SEQ_LM", tiny_t5),
-}
 NAMES = ["soft", "hard", "__base__", "long", "hard"]
 
 
@@ -93,10 +71,10 @@ def run_alone(model, reference, name: str, row: torch.Tensor, **kwargs):
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(ARCHITECTURES))
 @torch.no_grad()
 def test_every_row_equals_running_it_alone(case, side):
-    task, factory = CASES[case]
+    task, factory = ARCHITECTURES[case]
     model, reference = model_with_adapters(task, factory), build(factory)
     rows, batch = padded_rows([6, 4, 5, 6, 2], side)
     decoder = {"decoder_input_ids": torch.tensor([[0, 5, 9]])} if task == "SEQ_2_SEQ_LM" else {}
@@ -126,7 +104,7 @@ def test_every_row_equals_running_it_alone(case, side):
 @pytest.mark.parametrize("case", ["gpt2", "llama", "gemma3", "t5"])
 @torch.no_grad()
 def test_generated_text_equals_the_one_row_generation(case, side):
-    task, factory = CASES[case]
+    task, factory = ARCHITECTURES[case]
     model, reference = model_with_adapters(task, factory), build(factory)
     rows, batch = padded_rows([6, 3, 4, 5, 2], side, seed=2)
     settings = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
@@ -146,7 +124,7 @@ def test_generated_text_equals_the_one_row_generation(case, side):
 
 @torch.no_grad()
 def test_mixed_batch_loss_with_labels_is_the_mean_of_the_rows_losses():
-    model = model_with_adapters("CAUSAL_LM", CASES["llama"][1])
+    model = model_with_adapters("CAUSAL_LM", ARCHITECTURES["llama"][1])
     rows, batch = padded_rows([5, 5, 5], "right", seed=3)
     names = ["soft", "long", "hard"]
     loss = model(**batch, labels=batch["input_ids"], adapter_names=names).loss
@@ -314,7 +292,7 @@ def test_length_groups_balance_padding_against_the_cost_of_a_forward():
 @pytest.mark.parametrize("case", ["llama", "gpt2-seq-cls", "bert-token-cls", "bert"])
 @torch.no_grad()
 def test_a_mixed_batch_run_in_length_groups_gives_what_one_forward_gives(case, monkeypatch):
-    task, factory = CASES[case]
+    task, factory = ARCHITECTURES[case]
     model = model_with_adapters(task, factory)
     rows, batch = padded_rows([6, 1, 5, 6, 2], "left")
     forwards = []

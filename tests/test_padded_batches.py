@@ -11,52 +11,25 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from peft import get_peft_model
 
 from peft_softhard import SoftHardConfig
-from peft_softhard.testing import (
-    build,
-    padded_batch,
-    random_rows,
-    tiny_bert,
-    tiny_bert_seq_cls,
-    tiny_bert_token_cls,
-    tiny_gemma3,
-    tiny_gpt2,
-    tiny_llama,
-    tiny_t5,
-)
+from peft_softhard.testing import ARCHITECTURES, build, padded_batch, random_rows
 
 # Relative to the largest output: batching alone (no padding at all) moves a float32 logit of size 40 by ~2e-5.
 TOLERANCE = 1e-5
 PAD = 0
 
 
-def tiny_gpt2_seq_cls() -> transformers.PreTrainedModel:
-    config = transformers.GPT2Config(vocab_size=1000, n_embd=32, n_layer=2, n_head=2, n_positions=128, pad_token_id=0)
-    return transformers.GPT2ForSequenceClassification(config)
-
-
-CASES = {  # name: (task type, factory)
-    "gpt2": ("CAUSAL_LM", lambda: tiny_gpt2(vocab=1000, initializer_range=0.3)),  # tied embeddings
-    "llama": ("CAUSAL_LM", lambda: tiny_llama(initializer_range=0.3)),
-    "gemma3": ("CAUSAL_LM", tiny_gemma3),  # scales inside its embedding module, sliding-window layers
-    "t5": ("SEQ_2_SEQ_LM", tiny_t5),
-    "bert-seq-cls": ("SEQ_CLS", tiny_bert_seq_cls),
-    "gpt2-seq-cls": ("SEQ_CLS", tiny_gpt2_seq_cls),  # a decoder head: reads the last real token
-    "bert-token-cls": ("TOKEN_CLS", tiny_bert_token_cls),
-    "bert": ("FEATURE_EXTRACTION", tiny_bert),
-}
 GENERATING = ["gpt2", "llama", "gemma3", "t5"]
 LENGTHS = [7, 2, 5]  # the issue's case: a long row and a short one in one padded batch
 DECODER_INPUTS = torch.tensor([[0, 5, 9]])
 
 
 def hard_model(case: str, num_virtual_tokens: int = 4, mode: str = "hard"):
-    task, factory = CASES[case]
+    task, factory = ARCHITECTURES[case]
     base = build(factory)
     config = SoftHardConfig(task_type=task, num_virtual_tokens=num_virtual_tokens, mode=mode, init="random")
     return get_peft_model(base, config).eval(), build(factory)
@@ -87,10 +60,10 @@ def assert_row_matches(task: str, batched: torch.Tensor, mask: torch.Tensor, alo
 
 @pytest.mark.parametrize("route", ["plain", "adapter_names"])
 @pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(ARCHITECTURES))
 @torch.no_grad()
 def test_every_row_of_a_padded_batch_equals_the_base_model_with_the_ids_before_its_tokens(case, side, route):
-    task = CASES[case][0]
+    task = ARCHITECTURES[case][0]
     model, reference = hard_model(case)
     ids = model.prompt_encoder["default"].current_token_ids()
     rows = random_rows(LENGTHS)
@@ -122,7 +95,7 @@ def new_tokens(task: str, generated: torch.Tensor, given: int) -> list[int]:
 @pytest.mark.parametrize("case", GENERATING)
 @torch.no_grad()
 def test_greedy_generation_of_each_row_equals_the_base_model_with_the_ids_prepended(case, side, route, cache):
-    task = CASES[case][0]
+    task = ARCHITECTURES[case][0]
     model, reference = hard_model(case)
     ids = model.prompt_encoder["default"].current_token_ids()
     rows = random_rows([6, 3, 5, 1], seed=2)
@@ -146,7 +119,7 @@ def test_greedy_generation_of_each_row_equals_the_base_model_with_the_ids_prepen
 def test_sampled_generation_equals_the_base_model_sampling_the_literal_batch(case, side):
     """Sampling draws per batch, so the reference is the base model on the same rows with the ids literally in
     place, laid out as a user would pad them (decoders on the left), sampled from the same seed."""
-    task = CASES[case][0]
+    task = ARCHITECTURES[case][0]
     model, reference = hard_model(case)
     ids = model.prompt_encoder["default"].current_token_ids()
     rows = random_rows([6, 3, 5], seed=3)
@@ -180,6 +153,17 @@ def test_max_length_counts_the_input_not_the_prompt(case):
 
 
 @torch.no_grad()
+def test_inside_disable_adapter_forward_and_generate_are_the_base_models():
+    model, reference = hard_model("llama")
+    batch = padded_batch(random_rows([5, 3], seed=5), "left")
+    settings_ = generate_settings(cache=True, sampled=False)
+    with model.disable_adapter():
+        assert torch.equal(model(**batch).logits, reference(**batch).logits)
+        assert torch.equal(model.generate(**batch, **settings_), reference.generate(**batch, **settings_))
+    assert model(**batch).logits.shape[1] == batch["input_ids"].shape[1] + 4  # the prompt is back
+
+
+@torch.no_grad()
 def test_return_dict_false_gives_the_tuple_and_hidden_states_follow_the_logits():
     model, _ = hard_model("bert-token-cls")
     batch = padded_batch(random_rows(LENGTHS), "left")
@@ -208,7 +192,7 @@ PROPERTY_CASES = ["llama", "gpt2", "bert-token-cls"]
 )
 @torch.no_grad()
 def test_a_batched_call_equals_each_row_alone(case, lengths, side, prompt_length, mode, extra_padding, seed):
-    task = CASES[case][0]
+    task = ARCHITECTURES[case][0]
     model, _ = hard_model(case, num_virtual_tokens=prompt_length, mode=mode)
     rows = random_rows(lengths, seed=seed)
     batch = padded_batch(rows, side, width=max(lengths) + extra_padding)  # a column of padding in every row too

@@ -59,3 +59,12 @@ def test_the_serving_example_runs(tmp_path):
     assert "[ __base__] 'The capital of France is' -> next ' Paris'" in result.stdout
     assert "ensemble mean" in result.stdout
     assert "reloaded adapters ['news', 'sentiment', 'soft']; same logits: True" in result.stdout
+
+
+def test_a_missing_gguf_package_is_named_with_the_command_that_installs_it(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else find_spec(name, *a))
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'gguf>=0.10'"):
+        load_smollm2()
