@@ -290,7 +290,7 @@ def forward_with_prompts(
     return_dict = kwargs.pop("return_dict", None)
     decoder = is_decoder(base)
     prompts = _prompts_of(peft_model, names)
-    groups = _length_groups_if_worth_it(base, prompts, inputs_embeds, attention_mask, labels, kwargs)
+    groups = _length_groups_if_worth_it(prompts, inputs_embeds, attention_mask, labels, kwargs, encoder_decoder)
     if groups is not None:
         output = _grouped_forward(peft_model, groups, names, prompts, inputs_embeds, attention_mask, decoder, kwargs)
     else:
@@ -389,18 +389,19 @@ def _run_base(peft_model: Any, batch: PromptedBatch, names: list[str], labels, k
                     **kwargs)
 
 
+def _is_per_token(value: Any, batch: PromptedBatch) -> bool:
+    """Whether an output has one entry per column of `batch` ([B, W, ...]: logits, hidden states)."""
+    return isinstance(value, torch.Tensor) and value.dim() >= 3 and value.shape[1] == batch.inputs_embeds.shape[1]
+
+
 def _to_user_layout(output: Any, batch: PromptedBatch) -> None:
     """Token-level outputs (logits, hidden states) of a decoder-only or encoder model, in the user layout."""
-    width = batch.inputs_embeds.shape[1]
-
-    def is_per_token(value: Any) -> bool:
-        return isinstance(value, torch.Tensor) and value.dim() >= 3 and value.shape[1] == width
-
     for key in ("logits", "last_hidden_state"):
-        if is_per_token(output.get(key)):
+        if _is_per_token(output.get(key), batch):
             output[key] = batch.to_user_layout(output[key])
-    if isinstance(output.get("hidden_states"), tuple) and all(map(is_per_token, output["hidden_states"])):
-        output["hidden_states"] = tuple(batch.to_user_layout(h) for h in output["hidden_states"])
+    hidden = output.get("hidden_states")
+    if isinstance(hidden, tuple) and all(_is_per_token(h, batch) for h in hidden):
+        output["hidden_states"] = tuple(batch.to_user_layout(h) for h in hidden)
 
 
 def _lengths_count_the_input_ids(kwargs: dict, given: int) -> None:
@@ -430,13 +431,14 @@ def length_groups(totals: Sequence[int], overhead: int) -> list[list[int]]:
     return groups[::-1]
 
 
-def _length_groups_if_worth_it(base, prompts, inputs_embeds, attention_mask, labels, kwargs) -> list | None:
+def _length_groups_if_worth_it(prompts, inputs_embeds, attention_mask, labels, kwargs,
+                               encoder_decoder: bool) -> list | None:
     """Groups for a mixed batch of prompts of different lengths at inference, where one forward would be as wide
     as the longest prompt plus the longest input; None for one forward (one prompt length, training, labels, a
     cache, attention maps or hidden states asked for, an encoder-decoder, an accelerator, or too little
     padding to save)."""
     if (isinstance(prompts, torch.Tensor) or torch.is_grad_enabled() or labels is not None
-            or inputs_embeds.device.type != "cpu" or getattr(base.config, "is_encoder_decoder", False)
+            or inputs_embeds.device.type != "cpu" or encoder_decoder
             or any(kwargs.get(k) for k in ("use_cache", "output_attentions", "output_hidden_states"))):
         return None
     lengths = (attention_mask.sum(1).tolist() if attention_mask is not None
@@ -461,7 +463,7 @@ def _grouped_forward(peft_model, groups, names, prompts, inputs_embeds, attentio
     for key, value in parts[0][2].items():
         if not isinstance(value, torch.Tensor) or value.dim() == 0:
             continue
-        per_token = value.dim() >= 3 and value.shape[1] == parts[0][1].inputs_embeds.shape[1]
+        per_token = _is_per_token(value, parts[0][1])
         merged[key] = value.new_zeros(len(names), *((width,) if per_token else ()), *value.shape[1 + per_token :])
         for rows, batch, output in parts:
             rows = torch.tensor(rows, device=value.device)
