@@ -53,7 +53,7 @@ PLANS = {  # interleaved repeats, memory steps, sweep repeats, batch size of the
 
 def sst2_objective(tokenizer, rows: int = 256):
     from peft_softhard import ClassificationObjective
-    from peft_softhard.tasks import SST2
+    from peft_softhard.app.tasks import SST2
 
     texts, labels = SST2.load("train", limit=rows, seed=0, data_dir=str(SHARED / "data"))
     return ClassificationObjective(tokenizer, texts, labels, template=SST2.manual_template,
@@ -99,7 +99,7 @@ def make_step(method: str, base, objective, length: int):
 def lm_rows(tokenizer, rows: int = 256):
     """A function from example indices to a right-padded language-modelling batch: each SST-2 training row in the
     manual template followed by its label word, labels -100 on padding (what a Trainer's collator gives)."""
-    from peft_softhard.tasks import SST2
+    from peft_softhard.app.tasks import SST2
 
     texts, labels = SST2.load("train", limit=rows, seed=0, data_dir=str(SHARED / "data"))
     texts = [SST2.manual_template.format(text=t) + SST2.label_words[y] for t, y in zip(texts, labels, strict=True)]

@@ -47,7 +47,7 @@ def main() -> None:
     plan["repeats"] = args.repeats or plan["repeats"]
 
     from peft_softhard import ClassificationObjective
-    from peft_softhard.tasks import SST2
+    from peft_softhard.app.tasks import SST2
 
     model, tokenizer = load(args.tiny, args.random_weights, args.device)
     model.requires_grad_(False)

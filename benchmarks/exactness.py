@@ -114,7 +114,7 @@ def cases(tiny_only: bool):
         yield f"{factory.__name__.removeprefix('tiny_')} ({task_type})", lambda f=factory: build(f), task_type, \
             random_batch()
     if not tiny_only:
-        from peft_softhard.models import load_smollm2
+        from peft_softhard.app.models import load_smollm2
 
         model, tokenizer = load_smollm2()
         rows = [tokenizer(text).input_ids[:5] for text in ("a gripping , funny film", "dull and far too long")]

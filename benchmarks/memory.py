@@ -39,7 +39,7 @@ def loop(kind: str, iterations: int, tiny: bool) -> dict:
     from peft import get_peft_model
 
     from peft_softhard import ClassificationObjective, SoftHardConfig, project_prompt
-    from peft_softhard.models import load_model
+    from peft_softhard.app.models import load_model
 
     if tiny:
         import transformers

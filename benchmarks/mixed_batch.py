@@ -2,7 +2,7 @@
 
 1. Throughput: requests for K tasks (K = 1, 2, 4, 8 prompt adapters of 5-20 tokens) arrive in batches of 16.
    "mixed" runs each batch with one call with `adapter_names=` (one prompt per row; on the CPU it splits the
-   rows into groups of similar total length, see `mixed_batch.length_groups`); "mixed, one forward" is the
+   rows into groups of similar total length, see `prompt_layout.length_groups`); "mixed, one forward" is the
    same call kept to one forward (as wide as the longest prompt plus the longest input); "separate" splits it
    into one batch per task and switches the active adapter between them (what peft offers for prompt
    methods). Examples/second, median of interleaved repeats.
@@ -96,13 +96,13 @@ def measure_throughput(model, names, tokenizer, texts, repeats: int) -> tuple[li
 @contextlib.contextmanager
 def one_forward():
     """A mixed batch kept to one forward, as before length groups (a forward then costs 'infinitely' much)."""
-    from peft_softhard import mixed_batch
+    from peft_softhard.peft_boundary import prompted_calls
 
-    saved, mixed_batch.GROUP_OVERHEAD_TOKENS = mixed_batch.GROUP_OVERHEAD_TOKENS, sys.maxsize
+    saved, prompted_calls.GROUP_OVERHEAD_TOKENS = prompted_calls.GROUP_OVERHEAD_TOKENS, sys.maxsize
     try:
         yield
     finally:
-        mixed_batch.GROUP_OVERHEAD_TOKENS = saved
+        prompted_calls.GROUP_OVERHEAD_TOKENS = saved
 
 
 def run_batch(model, batch, tasks: list[str], mode: str) -> None:
@@ -149,9 +149,9 @@ def train_members(base, tokenizer, plan: dict, work: Path, tiny: bool) -> dict[s
     from peft import get_peft_model
 
     from peft_softhard import ClassificationObjective, DiscoveryConfig, SoftHardConfig, run
-    from peft_softhard.checkpoint import save_adapter_atomically
-    from peft_softhard.tasks import SST2
-    from peft_softhard.training import TrainConfig, train_prompt
+    from peft_softhard.app.tasks import SST2
+    from peft_softhard.files.checkpoint import save_adapter_atomically
+    from peft_softhard.optimization.training import TrainConfig, train_prompt
 
     texts, labels = SST2.load("train", limit=plan["train_rows"] + 100, seed=0, data_dir=str(SHARED / "data"))
     train, selection = slice(0, plan["train_rows"]), slice(plan["train_rows"], None)
@@ -187,9 +187,9 @@ def train_members(base, tokenizer, plan: dict, work: Path, tiny: bool) -> dict[s
 
 def score_members(base, tokenizer, members: dict[str, Path], dev_rows: int | None) -> dict:
     from peft_softhard import ClassificationObjective
-    from peft_softhard.ensemble import COMBINE_METHODS, score_ensemble
-    from peft_softhard.mixed_batch import load_adapters
-    from peft_softhard.tasks import SST2
+    from peft_softhard.app.tasks import SST2
+    from peft_softhard.serving import load_adapters
+    from peft_softhard.serving.ensemble import COMBINE_METHODS, score_ensemble
 
     texts, labels = SST2.load("eval", data_dir=str(SHARED / "data"))
     texts, labels = texts[:dev_rows], labels[:dev_rows]
@@ -234,7 +234,7 @@ def main() -> None:
     plan, started = PLANS[name], time.time()
     work = Path(args.work_dir) / name
 
-    from peft_softhard.tasks import SST2
+    from peft_softhard.app.tasks import SST2
 
     base, tokenizer = load(args.tiny)
     texts, _ = SST2.load("eval", data_dir=str(SHARED / "data"))

@@ -35,7 +35,7 @@ def measure(vocab: int, dim: int, method: str, device: str) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from peft_softhard.projection import nearest_tokens
+    from peft_softhard.method.projection import nearest_tokens
 
     torch.manual_seed(0)
     embedding = torch.nn.Embedding(vocab, dim, device=device)

@@ -79,14 +79,14 @@ logger = logging.getLogger("quality")
 # ------------------------------------------------------------------------------------------------ data
 def ag_news_test():
     """AG News' official test set (label, title, description; labels counted from 1) as a task split."""
-    from peft_softhard.tasks import AG_NEWS, Source
+    from peft_softhard.app.tasks import AG_NEWS, Source
 
     test = Source("ag_news/test.csv", column_names=["label", "title", "description"], label_offset=1)
     return dataclasses.replace(AG_NEWS, text_columns=["title", "description"], splits={"eval": test})
 
 
 def task_of(task_name: str):
-    from peft_softhard.tasks import AG_NEWS, SST2
+    from peft_softhard.app.tasks import AG_NEWS, SST2
 
     return SST2 if task_name == "sst2" else AG_NEWS
 
@@ -118,7 +118,7 @@ def objectives(task_name: str, tokenizer, plan: dict):
 
 def train_config(plan: dict, seed: int):
     """`train_prompt`'s settings for every trained soft prompt (one checkpoint, at the end)."""
-    from peft_softhard.training import TrainConfig
+    from peft_softhard.optimization.training import TrainConfig
 
     return TrainConfig(steps=plan["steps"], lr=plan["lr"], batch_size=plan["batch"], eval_interval=plan["eval_every"],
                        checkpoint_interval=plan["steps"], seed=seed, show_progress=False)
@@ -126,28 +126,23 @@ def train_config(plan: dict, seed: int):
 
 # ------------------------------------------------------------------------------------------------ methods
 def fit(model, prompt_of, parameters, objective, plan: dict, seed: int, lr: float) -> dict:
-    """The training loop of `train_prompt` for models that are not SOFTHARD (stock peft, LoRA): AdamW, clipped
-    gradients, the best step by held-out accuracy kept."""
-    from peft_softhard.discovery import batches, frozen
+    """`train_prompt`'s loop and strategy for models that are not SOFTHARD (stock peft, LoRA): AdamW, clipped
+    gradients, the best step by held-out accuracy kept (no checkpoints)."""
+    from peft_softhard.optimization.loop import frozen, optimize
+    from peft_softhard.optimization.training import PromptTraining, TrainConfig
 
-    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
-    stream = batches(objective.num_train, plan["batch"], seed)
-    best, best_state, scores = -1.0, None, []
-    for step in range(1, plan["steps"] + 1):
-        optimizer.zero_grad()
-        objective.loss(model, prompt_of(), next(stream)).backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        if step % plan["eval_every"] == 0 or step == plan["steps"]:
-            with frozen(model), torch.no_grad():
-                score = objective.score(model, prompt_of().detach())
-            scores.append((step, score))
-            if score > best:
-                best, best_state = score, [p.detach().clone() for p in parameters]
-    with torch.no_grad():
-        for parameter, value in zip(parameters, best_state, strict=True):
-            parameter.copy_(value)
-    return {"selection_scores": scores}
+    config = TrainConfig(steps=plan["steps"], lr=lr, batch_size=plan["batch"], eval_interval=plan["eval_every"],
+                         seed=seed, show_progress=False)
+    named = {str(i): parameter for i, parameter in enumerate(parameters)}
+
+    def score(prompt):
+        with frozen(model), torch.no_grad():
+            return objective.score(model, prompt)
+
+    state, strategy = optimize(lambda restart: PromptTraining(model, objective, named, prompt_of, config), objective,
+                               config, score)
+    strategy.load_tensors(state.best.tensors)
+    return {"selection_scores": state.scores}
 
 
 def train_stock(base, tokenizer, objective, plan, seed, length, init: str, init_text: str):
@@ -180,7 +175,7 @@ def train_soft(base, tokenizer, objective, plan, seed, length, init_text, work: 
     from peft import get_peft_model
 
     from peft_softhard import SoftHardConfig
-    from peft_softhard.training import train_prompt
+    from peft_softhard.optimization.training import train_prompt
 
     torch.manual_seed(seed)
     text_ids = tokenizer(init_text, add_special_tokens=False)["input_ids"]
@@ -256,7 +251,7 @@ def run_row(key: dict, base, tokenizer, plan: dict, work: Path, tiny: bool, reco
         model.unload()  # LoRA wraps the base model's layers: take the wrappers out again
     if method != "soft" or length != plan["length"]:  # waywardness is read at the main length only
         return [record]
-    from peft_softhard.interpretation import project_prompt
+    from peft_softhard.reading import project_prompt
 
     started = time.time()
     reading = project_prompt(model, tokenizer)
@@ -273,9 +268,9 @@ def run_minilm_row(key: dict, plan: dict, work: Path) -> list[dict]:
     from peft import get_peft_model
 
     from peft_softhard import SoftHardConfig
-    from peft_softhard.models import load_model
+    from peft_softhard.app.models import load_model
     from peft_softhard.objectives import SequenceClassificationObjective
-    from peft_softhard.training import train_prompt
+    from peft_softhard.optimization.training import train_prompt
 
     model, tokenizer = load_model("minilm", task_type="SEQ_CLS", num_labels=2)  # small enough for smoke runs
     (texts, labels), selection, (eval_texts, eval_labels) = splits("sst2", plan)
@@ -413,7 +408,7 @@ def fmt(accuracy) -> str:
 
 def plots(records: dict, plan: dict, images: Path, suffix: str) -> list[str]:
     """Accuracy against search seconds for PEZ / projected SGD / GCG, and accuracy against prompt length."""
-    from peft_softhard.plots import plot_accuracy_vs_length, plot_score_vs_seconds
+    from peft_softhard.app.plots import plot_accuracy_vs_length, plot_score_vs_seconds
 
     written = []
     seed, length = plan["seeds"][0], plan["length"]

@@ -26,7 +26,7 @@ def load(tiny: bool, random_weights: bool = False, device: str = "cpu") -> tuple
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(SHARED / "models" / "gpt2-tokenizer"))
         tokenizer.pad_token = tokenizer.eos_token
         return build(lambda: tiny_gpt2(initializer_range=0.3)).to(device), tokenizer
-    from peft_softhard.models import load_model, pad_with_eos, resolve_model
+    from peft_softhard.app.models import load_model, pad_with_eos, resolve_model
 
     if not random_weights:
         model, tokenizer = load_model("smollm2-135m")

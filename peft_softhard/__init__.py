@@ -3,34 +3,47 @@
 Importing the package registers the SOFTHARD method with peft:
 
 ```py
->>> import peft_softhard
->>> from peft import get_peft_model
->>> config = peft_softhard.SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=10, mode="hard")
->>> model = get_peft_model(base_model, config)  # doctest: +SKIP
+>>> from peft import PeftModel
+>>> from peft_softhard import project_prompt
+>>> model = PeftModel.from_pretrained(base_model, "out/train/n10/best")  # doctest: +SKIP
+>>> project_prompt(model, tokenizer).text                               # doctest: +SKIP
 ```
+
+The layout (docs/architecture.md): `method` (what a prompt is), `prompt_layout` (where it goes in a batch),
+`peft_boundary` (every contact with peft's internals), `objectives`, `optimization` (the one loop and its
+methods), `reading` (a prompt read as tokens), `serving` (many prompts, one model), `files`, `app` (CLI, demo).
 """
 
-from .registration import register
+import sys
+
+from .peft_boundary import register
 
 register()
 
-from .config import SoftHardConfig  # noqa: E402
-from .discovery import DiscoveryConfig, DiscoveryResult, run  # noqa: E402
-from .encoder import SoftHardPromptEncoder  # noqa: E402
-from .ensemble import EnsembleScores, score_ensemble  # noqa: E402
-from .export import export_prompt_tuning  # noqa: E402
-from .interpretation import (  # noqa: E402
-    ProjectedPrompt,
-    WaywardnessReport,
-    project_prompt,
-    to_hard_adapter,
-    waywardness,
+from .app import models, tasks  # noqa: E402
+from .app.reporting import evaluate_prompt  # noqa: E402
+from .app.tasks import get_task  # noqa: E402
+from .files import checkpoint, export_prompt_tuning, kobold  # noqa: E402
+from .method import SoftHardConfig, SoftHardPromptEncoder, nearest_tokens  # noqa: E402
+from .objectives import (  # noqa: E402
+    ClassificationObjective,
+    Objective,
+    SequenceClassificationObjective,
+    TargetTextObjective,
 )
-from .mixed_batch import BASE_ADAPTER, load_adapters  # noqa: E402
-from .objectives import ClassificationObjective, SequenceClassificationObjective, TargetTextObjective  # noqa: E402
-from .projection import nearest_tokens  # noqa: E402
-from .resume import load_for_training  # noqa: E402
-from .trainer_callback import BestHardPromptCallback  # noqa: E402
+from .optimization import discovery, training  # noqa: E402
+from .optimization.discovery import DiscoveryConfig, DiscoveryResult, run  # noqa: E402
+from .optimization.trainer_callback import BestHardPromptCallback  # noqa: E402
+from .optimization.training import TrainConfig, TrainResult, train_prompt  # noqa: E402
+from .peft_boundary import BASE_ADAPTER, load_for_training  # noqa: E402
+from .reading import ProjectedPrompt, WaywardnessReport, project_prompt, to_hard_adapter, waywardness  # noqa: E402
+from .serving import EnsembleScores, load_adapters, score_ensemble  # noqa: E402
+
+# Module paths of release 0.1.0 that README and docs used, kept importable (`from peft_softhard.training import
+# TrainConfig`): each names the module that now holds the same objects.
+for _old_name, _module in {"models": models, "tasks": tasks, "checkpoint": checkpoint,
+                           "kobold": kobold, "discovery": discovery, "training": training}.items():
+    sys.modules.setdefault(f"{__name__}.{_old_name}", _module)
 
 __version__ = "0.1.0"
 
@@ -41,13 +54,18 @@ __all__ = [
     "DiscoveryConfig",
     "DiscoveryResult",
     "EnsembleScores",
+    "Objective",
     "ProjectedPrompt",
     "SequenceClassificationObjective",
-    "TargetTextObjective",
-    "WaywardnessReport",
     "SoftHardConfig",
     "SoftHardPromptEncoder",
+    "TargetTextObjective",
+    "TrainConfig",
+    "TrainResult",
+    "WaywardnessReport",
+    "evaluate_prompt",
     "export_prompt_tuning",
+    "get_task",
     "load_adapters",
     "load_for_training",
     "nearest_tokens",
@@ -56,5 +74,6 @@ __all__ = [
     "run",
     "score_ensemble",
     "to_hard_adapter",
+    "train_prompt",
     "waywardness",
 ]

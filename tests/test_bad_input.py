@@ -16,7 +16,7 @@ from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from peft_softhard import SoftHardConfig
-from peft_softhard.tasks import custom_task
+from peft_softhard.app.tasks import custom_task
 from peft_softhard.testing import build, tiny_llama
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from peft_softhard.cli import build_parser, main
+from peft_softhard.app.cli import build_parser, main
 
 from conftest import NEGATIVE, POSITIVE, task_args
 
@@ -214,3 +214,32 @@ def test_mislabelled_or_malformed_data_is_refused(capsys, files, tmp_path):
     code = main(["eval", "--model", str(files / "tiny-gpt2"), "--eval-file", str(tmp_path / "bad.csv"),
                  "--text-column", "sentence", "--label-word", " no", "--label-word", " yes"])
     assert code == 2 and "no column ['sentence']" in capsys.readouterr().err
+
+
+def test_a_relative_data_file_is_read_from_the_working_directory(capsys, files, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.csv").write_text((files / "eval.csv").read_text())
+    words = ["--label-word", " bad", "--label-word", " good"]
+    scored = softhard(capsys, "eval", "--model", str(files / "tiny-gpt2"), "--eval-file", "mine.csv", *words)
+    assert scored["examples"] == 12
+    assert main(["eval", "--model", str(files / "tiny-gpt2"), "--eval-file", "absent.csv", *words]) == 2
+    error = capsys.readouterr().err
+    assert f"No data file at {tmp_path / 'absent.csv'}" in error and "shared" not in error
+
+
+def test_a_malformed_jsonl_line_is_named_with_its_file_and_line(capsys, files, tmp_path):
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"text": "a good film", "label": 1}\n{"text": "a bad film", "label": 0\n')
+    code = main(["eval", "--model", str(files / "tiny-gpt2"), "--eval-file", str(data), "--label-word", " bad",
+                 "--label-word", " good"])
+    assert code == 2 and f"{data}, line 2: not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "discover"])
+def test_bad_arguments_are_reported_before_any_model_or_data_is_loaded(capsys, tmp_path, command):
+    # neither the model nor the data exist: the argument is the first thing checked
+    code = main([command, "--model", str(tmp_path / "no-model"), "--train-file", str(tmp_path / "no.csv"),
+                 "--label-word", " a", "--label-word", " b", "--num-virtual-tokens", "0"])
+    assert code == 2 and "num_virtual_tokens must be a positive integer" in capsys.readouterr().err
+    code = main([command, "--model", str(tmp_path / "no-model"), "--steps", "0"])
+    assert code == 2 and "steps must be a positive integer" in capsys.readouterr().err

@@ -15,7 +15,8 @@ from peft_softhard import (
     TargetTextObjective,
     run,
 )
-from peft_softhard.discovery import BestPrompt, _GradientSearch, _read_back
+from peft_softhard.optimization.discovery import METHODS, read_back
+from peft_softhard.optimization.loop import BestPrompt
 from peft_softhard.testing import bigram_llama, build, tiny_gpt2
 
 from conftest import GPT2_TOKENIZER
@@ -100,19 +101,19 @@ def test_after_one_pez_step_the_continuous_copy_differs_from_its_projection(plan
     for method, expect_equal in (("pez", False), ("psgd", True)):
         torch.manual_seed(0)
         encoder = SoftHardPromptEncoder.for_model(prompt_config(), model)
-        _GradientSearch(search(method), model, objective, encoder).step([0])
+        METHODS[method](search(method), model, objective, encoder).step([0])
         projection = model.get_input_embeddings()(encoder.current_token_ids())
         assert torch.equal(encoder.embedding.weight.detach(), projection) is expect_equal
 
 
 def test_best_prompt_keeps_the_first_of_equal_scores():
     best = BestPrompt()
-    assert best.update(torch.tensor([1]), 0.5, step=1)
-    assert best.update(torch.tensor([2]), 0.9, step=2)
-    assert not best.update(torch.tensor([3]), 0.9, step=3)
-    assert not best.update(torch.tensor([4]), 0.1, step=4)
+    assert best.update({"token_ids": torch.tensor([1])}, 0.5, step=1)
+    assert best.update({"token_ids": torch.tensor([2])}, 0.9, step=2)
+    assert not best.update({"token_ids": torch.tensor([3])}, 0.9, step=3)
+    assert not best.update({"token_ids": torch.tensor([4])}, 0.1, step=4)
     assert (best.token_ids, best.score, best.step) == ([2], 0.9, 2)
-    assert best.update(torch.tensor([5]), 0.9, step=5, tie_break=1.0)  # e.g. a more fluent prompt
+    assert best.update({"token_ids": torch.tensor([5])}, 0.9, step=5, tie_break=1.0)  # e.g. a more fluent prompt
     assert best.token_ids == [5]
 
 
@@ -176,7 +177,7 @@ def test_discovered_text_round_trips_with_the_real_gpt2_tokenizer(gpt2_tokenizer
 
 def test_a_text_that_would_mean_other_tokens_is_flagged(gpt2_tokenizer):
     pieces = [gpt2_tokenizer.convert_tokens_to_ids(t) for t in ("Ġmov", "ie")]  # " mov" + "ie" re-encodes as " movie"
-    text, round_trips, notes = _read_back(gpt2_tokenizer, pieces, prompt_config())
+    text, round_trips, notes = read_back(gpt2_tokenizer, pieces, prompt_config())
     assert text == " movie" and round_trips is False
     assert any("does NOT tokenize back" in note for note in notes)
 

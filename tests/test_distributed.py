@@ -25,7 +25,7 @@ def launch(files, run: str, output, processes: int, launcher_name: str = "torchr
     arguments = [*RUNS[run], "--model", str(files / "tiny-gpt2"), *task_args(files), "--steps", "12",
                  "--batch-size", "4", "--eval-interval", "4", "--output-dir", str(output), "--json"]
     launcher = [part.format(n=processes) for part in LAUNCHERS[launcher_name]]
-    result = subprocess.run([*launcher, "-m", "peft_softhard.cli", *arguments], capture_output=True, text=True,
+    result = subprocess.run([*launcher, "-m", "peft_softhard.app.cli", *arguments], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 

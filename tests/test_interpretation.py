@@ -14,7 +14,7 @@ from peft_softhard import (
     to_hard_adapter,
     waywardness,
 )
-from peft_softhard.projection import distance
+from peft_softhard.method.projection import distance
 from peft_softhard.testing import build, tiny_gemma3, tiny_gpt2, tiny_llama
 
 from conftest import GPT2_TOKENIZER
@@ -79,7 +79,7 @@ def test_statistics_count_special_and_non_word_tokens(gpt2_tokenizer):
 
 def test_project_prompt_refuses_other_methods():
     model = get_peft_model(build(tiny_llama), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2))
-    with pytest.raises(ValueError, match="reads SOFTHARD adapters"):
+    with pytest.raises(ValueError, match="not a SOFTHARD adapter"):
         project_prompt(model)
 
 

@@ -10,10 +10,13 @@ import torch
 import transformers
 from peft import LoraConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
 
-from peft_softhard import SoftHardConfig, mixed_batch
-from peft_softhard.ensemble import combine_log_probs, score_ensemble
-from peft_softhard.mixed_batch import length_groups, load_adapters
+from peft_softhard import SoftHardConfig
 from peft_softhard.objectives import ClassificationObjective, SequenceClassificationObjective, TargetTextObjective
+from peft_softhard.optimization.training import TrainConfig, train_prompt
+from peft_softhard.peft_boundary import prompted_calls
+from peft_softhard.prompt_layout import length_groups
+from peft_softhard.serving import load_adapters
+from peft_softhard.serving.ensemble import combine_log_probs, score_ensemble
 from peft_softhard.testing import (
     ARCHITECTURES,
     build,
@@ -21,7 +24,6 @@ from peft_softhard.testing import (
     random_rows,
     tiny_llama,
 )
-from peft_softhard.training import TrainConfig, train_prompt
 
 from conftest import NEGATIVE, POSITIVE
 
@@ -297,9 +299,9 @@ def test_a_mixed_batch_run_in_length_groups_gives_what_one_forward_gives(case, m
     rows, batch = padded_rows([6, 1, 5, 6, 2], "left")
     forwards = []
     model.base_model.register_forward_hook(lambda *_: forwards.append(1))
-    monkeypatch.setattr(mixed_batch, "GROUP_OVERHEAD_TOKENS", 10**6)
+    monkeypatch.setattr(prompted_calls, "GROUP_OVERHEAD_TOKENS", 10**6)
     one = model(**batch, adapter_names=NAMES)
-    monkeypatch.setattr(mixed_batch, "GROUP_OVERHEAD_TOKENS", 0)
+    monkeypatch.setattr(prompted_calls, "GROUP_OVERHEAD_TOKENS", 0)
     grouped = model(**batch, adapter_names=NAMES)
     assert len(forwards) > 2  # one, then several
     key = "last_hidden_state" if task == "FEATURE_EXTRACTION" else "logits"

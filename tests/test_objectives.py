@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from peft_softhard import ClassificationObjective
-from peft_softhard.objectives import _pad_rows, cache_prompt, candidate_target_log_probs
+from peft_softhard.objectives.scoring import cache_prompt, candidate_target_log_probs, pad_rows
 from peft_softhard.testing import build, tiny_bert, tiny_gemma3, tiny_gpt2, tiny_llama
 
 ROW_LENGTHS = (3, 9, 5, 12, 1, 7)  # a row of one token is predicted by the prompt's own last position
@@ -17,7 +17,7 @@ def random_rows(vocab: int):
     rows = [torch.randint(0, vocab, (length,), generator=generator).tolist() for length in ROW_LENGTHS]
     targets = [[False] * (len(row) - 1) + [True] for row in rows]
     targets[1][2:5] = [True] * 3  # several target tokens in one row
-    return _pad_rows(rows, targets, pad_id=0)
+    return pad_rows(rows, targets, pad_id=0)
 
 
 @pytest.mark.parametrize("factory", [tiny_gpt2, tiny_llama, tiny_gemma3], ids=["gpt2", "llama", "gemma3"])

@@ -7,7 +7,7 @@ import torch
 from peft import get_peft_model
 
 from peft_softhard import SoftHardConfig, nearest_tokens, project_prompt
-from peft_softhard.projection import similarity
+from peft_softhard.method.projection import similarity
 from peft_softhard.testing import build, tiny_gpt2, tiny_llama
 
 from conftest import GPT2_TOKENIZER

@@ -14,7 +14,8 @@ from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import PeftType
 
 import peft_softhard
-from peft_softhard import SoftHardConfig, SoftHardPromptEncoder, registration
+from peft_softhard import SoftHardConfig, SoftHardPromptEncoder
+from peft_softhard.peft_boundary import patches
 from peft_softhard.testing import build, random_batch, tiny_llama
 
 from conftest import REPO
@@ -38,7 +39,7 @@ def test_missing_peft_symbol_names_the_supported_versions(monkeypatch):
 
     monkeypatch.delattr(PeftModelForSeq2SeqLM, "generate")
     with pytest.raises(ImportError, match=r"supports peft >=0\.21,<0\.22.*PeftModelForSeq2SeqLM\.generate"):
-        registration._require_peft_symbols()
+        patches.check_supported_peft()
 
 
 def test_other_peft_methods_are_untouched():

@@ -8,9 +8,9 @@ from peft import get_peft_model
 from safetensors.torch import load_file
 
 from peft_softhard import ClassificationObjective, DiscoveryConfig, SoftHardConfig, run
-from peft_softhard.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from peft_softhard.files.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from peft_softhard.optimization.training import TrainConfig, train_prompt
 from peft_softhard.testing import build, tiny_gpt2
-from peft_softhard.training import TrainConfig, train_prompt
 
 
 class Interrupting:
@@ -52,7 +52,7 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(tmp_path, sent
     interrupted = fresh_model(mode)
     with pytest.raises(KeyboardInterrupt):
         train_prompt(interrupted, Interrupting(sentiment, at_call=8), config, tmp_path / "resumed")
-    assert load_checkpoint(tmp_path / "resumed" / "checkpoint")["step"] == 7  # the last completed step
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint")["loop"]["step"] == 7  # the last completed step
     again = fresh_model(mode)
     result = train_prompt(again, sentiment, config, tmp_path / "resumed", resume=True)
 
@@ -81,7 +81,7 @@ def test_interrupted_discovery_resumes_to_the_uninterrupted_result(tmp_path, sen
         run(model, Interrupting(objective, at_call=17), config, prompt, checkpoint_dir=str(tmp_path),
             checkpoint_interval=5)
     assert has_checkpoint(tmp_path)
-    saved = load_checkpoint(tmp_path)
+    saved = load_checkpoint(tmp_path)["loop"]
     assert (saved["restart"], saved["step"]) == (1, 4)  # call 17 is step 5 of the second restart
     result = run(model, objective, config, prompt, checkpoint_dir=str(tmp_path), resume=True)
     assert result.token_ids == expected.token_ids and result.best_score == expected.best_score
@@ -112,3 +112,10 @@ def test_the_same_seed_gives_the_same_prompts(tmp_path, sentiment):
     prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
     first, second = run(model, sentiment, search, prompt), run(model, sentiment, search, prompt)
     assert first.token_ids == second.token_ids and first.loss_history == second.loss_history
+
+
+def test_a_checkpoint_of_the_old_layout_is_refused_with_what_to_do(tmp_path, sentiment):
+    save_checkpoint(tmp_path / "out" / "checkpoint", {"step": 3, "losses": [1.0], "parameters": {}})
+    config = TrainConfig(steps=4, batch_size=4, show_progress=False)
+    with pytest.raises(ValueError, match="written by peft-softhard 0.1.0.*delete it to start over"):
+        train_prompt(fresh_model("soft"), sentiment, config, tmp_path / "out", resume=True)

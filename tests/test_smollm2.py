@@ -7,7 +7,7 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from peft_softhard import SoftHardConfig, project_prompt
-from peft_softhard.models import SMOLLM2_GGUF, load_smollm2, smollm2_folder
+from peft_softhard.app.models import SMOLLM2_GGUF, load_smollm2, smollm2_folder
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ import torch
 from peft import PeftModel, get_peft_model
 
 import peft_softhard
-from peft_softhard.models import load_smollm2
+from peft_softhard.app.models import load_smollm2
 
 SHARED = Path(os.environ.get("PEFT_SOFTHARD_SHARED", Path(__file__).resolve().parents[3] / "shared"))
 TEMPLATE = "Review: {sentence}\nSentiment:"

@@ -19,8 +19,8 @@ import torch
 from peft import get_peft_model
 
 from peft_softhard import ClassificationObjective, SoftHardConfig, load_adapters, score_ensemble
-from peft_softhard.models import load_model
-from peft_softhard.tasks import SST2
+from peft_softhard.app.models import load_model
+from peft_softhard.app.tasks import SST2
 
 SHARED = Path(os.environ.get("PEFT_SOFTHARD_SHARED", Path(__file__).resolve().parents[3] / "shared"))
 DEV_ROWS = int(os.environ.get("SERVING_DEV_ROWS", "48"))

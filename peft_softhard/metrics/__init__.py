@@ -1,4 +1,5 @@
-"""Task metrics through `evaluate`, from metric modules shipped here so they work offline.
+"""Task metrics: plain functions, and the same through `evaluate` from metric modules shipped here (they work
+offline; each module's `_compute` calls the function below, so there is one definition of each metric).
 
 Example:
     ```py
@@ -9,10 +10,29 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
 METRIC_MODULES = {name: Path(__file__).with_name(f"{name}.py") for name in ("accuracy", "macro_f1")}
+
+
+def accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
+    """The share of predictions equal to their references."""
+    return sum(int(p == r) for p, r in zip(predictions, references, strict=True)) / len(references)
+
+
+def macro_f1(predictions: Sequence[int], references: Sequence[int]) -> float:
+    """F1 of each label present in references or predictions, averaged without weights."""
+    scores = []
+    for label in sorted(set(references) | set(predictions)):
+        true_positive = sum(p == label and r == label for p, r in zip(predictions, references, strict=True))
+        predicted = sum(p == label for p in predictions)
+        actual = sum(r == label for r in references)
+        precision = true_positive / predicted if predicted else 0.0
+        recall = true_positive / actual if actual else 0.0
+        scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    return sum(scores) / len(scores)
 
 
 @cache
@@ -23,7 +43,7 @@ def _metric(name: str):
 
 
 def compute_metrics(predictions: list[int], references: list[int]) -> dict[str, float]:
-    """Accuracy and macro-F1 of integer predictions against references."""
+    """Accuracy and macro-F1 of integer predictions against references, through `evaluate`."""
     if len(predictions) != len(references) or not references:
         raise ValueError(f"Need as many predictions as references (got {len(predictions)} and {len(references)}).")
     results: dict[str, float] = {}

@@ -3,16 +3,15 @@
 import datasets
 import evaluate
 
+from peft_softhard.metrics import accuracy
+
+FEATURES = datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")})
+
 
 class Accuracy(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description="Share of predictions equal to the reference label.",
-            citation="",
-            inputs_description="predictions and references: lists of integer labels",
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-        )
+        return evaluate.MetricInfo(description=accuracy.__doc__, citation="", features=FEATURES,
+                                   inputs_description="predictions and references: lists of integer labels")
 
     def _compute(self, predictions, references):
-        correct = sum(int(p == r) for p, r in zip(predictions, references, strict=True))
-        return {"accuracy": correct / len(references)}
+        return {"accuracy": accuracy(predictions, references)}

@@ -7,8 +7,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .checkpoint import save_adapter_atomically
-from .discovery import BestPrompt, frozen
+from ..files.checkpoint import save_adapter_atomically
+from ..peft_boundary.adapters import softhard_adapter
+from .loop import BestPrompt, frozen
 
 
 class BestHardPromptCallback(TrainerCallback):
@@ -48,14 +49,14 @@ class BestHardPromptCallback(TrainerCallback):
 
     def _check(self, args, state, model) -> None:
         model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-        adapter = self.adapter_name or model.active_adapter
-        if not model.peft_config[adapter].is_hard:
+        adapter, config, encoder = softhard_adapter(model, self.adapter_name)
+        if not config.is_hard:
             raise ValueError(f"BestHardPromptCallback needs a hard-mode SOFTHARD adapter; {adapter!r} is soft.")
-        ids = model.prompt_encoder[adapter].current_token_ids().clone()
+        ids = encoder.current_token_ids().clone()
         base = model.get_base_model()
         with frozen(base):
             score = self.objective.score(base, ids)
         self.history.append((state.global_step, score))
-        if self.best.update(ids, score, state.global_step) and state.is_world_process_zero:
+        if self.best.update({"token_ids": ids}, score, state.global_step) and state.is_world_process_zero:
             directory = self.save_directory or os.path.join(args.output_dir, "best_hard_prompt")
             save_adapter_atomically(model, directory, adapter)

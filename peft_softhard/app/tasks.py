@@ -178,13 +178,31 @@ def _read(source: Source):
         raise FileNotFoundError(f"No data file at {path}.")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        return load_dataset("json", data_files=str(path), split="train")
+        try:
+            return load_dataset("json", data_files=str(path), split="train")
+        except Exception as error:  # datasets' DatasetGenerationError names neither the file's line nor the fix
+            raise ValueError(_json_problem(path, error)) from error
     if suffix not in (".csv", ".tsv"):
         raise ValueError(f"{path}: use a .csv, .tsv, .jsonl or .json file.")
     options: dict[str, Any] = {"delimiter": "\t", "quoting": 3} if suffix == ".tsv" else {}
     if source.column_names:
         options["column_names"] = source.column_names
     return load_dataset("csv", data_files=str(path), split="train", **options)
+
+
+def _json_problem(path: Path, error: Exception) -> str:
+    """Where a JSON-lines file stops being one JSON object per line."""
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as problem:
+                return f"{path}, line {number}: not valid JSON ({problem.msg}): {line.strip()[:80]!r}"
+            if not isinstance(row, dict):
+                return f"{path}, line {number}: each line must be one JSON object ({{\"text\": ..., \"label\": ...}})"
+    return f"{path} cannot be read as JSON lines ({type(error).__name__}: {error})"
 
 
 def _subset(labels: list[int], limit: int, seed: int, balanced: bool) -> list[int]:
@@ -234,3 +252,34 @@ def get_task(name_or_path: str) -> Task:
     raise ValueError(
         f"Unknown task {name_or_path!r}: use one of {sorted(BUILT_IN)} or the path of a task .json/.yaml file."
     )
+
+
+@dataclass
+class TaskData:
+    """A task's examples as loaded: (texts, labels) to train on and to score on."""
+
+    train: tuple[list[str], list[int]]
+    held_out: tuple[list[str], list[int]]
+
+
+def load_task_data(task: Task, max_train: int | None = None, max_eval: int | None = None, seed: int = 0,
+                   data_dir: str | os.PathLike | None = None) -> TaskData:
+    """The train split (the eval split where there is none) and the eval split, each a seeded subset."""
+    held_out = task.load("eval", limit=max_eval, seed=seed, data_dir=data_dir)
+    has_train = "train" in task.splits or "train" in task.hub_splits
+    train = task.load("train", limit=max_train, seed=seed, data_dir=data_dir) if has_train else held_out
+    return TaskData(train, held_out)
+
+
+def task_objective(task: Task, data: TaskData, tokenizer: Any, task_type: str = "CAUSAL_LM",
+                   template: str | None = None) -> Any:
+    """The task as an objective: a causal LM's template and label words, or a SEQ_CLS model's head."""
+    from ..objectives import ClassificationObjective, SequenceClassificationObjective
+
+    held_out_texts, held_out_labels = data.held_out
+    if task_type == "SEQ_CLS":
+        return SequenceClassificationObjective(tokenizer, *data.train, num_labels=task.num_labels,
+                                               held_out_texts=held_out_texts, held_out_labels=held_out_labels)
+    return ClassificationObjective(tokenizer, *data.train, template=template or task.template,
+                                   label_words=task.label_words, held_out_texts=held_out_texts,
+                                   held_out_labels=held_out_labels)

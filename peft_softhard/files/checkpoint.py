@@ -13,13 +13,14 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .distributed import is_main_process
+from ..distributed import is_main_process
 
 _TENSOR = "__tensor__"
 STATE_TENSORS = "state.safetensors"
@@ -106,15 +107,23 @@ def write_directory_atomically(directory: str | os.PathLike, write) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_text_atomically(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to a temporary name and rename it into place (rank 0 only)."""
+def write_file_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call `write(temporary_path)`, then rename the file into place (rank 0 only)."""
     if not is_main_process():
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.writing")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to a temporary name and rename it into place (rank 0 only)."""
+    write_file_atomically(path, lambda temporary: temporary.write_text(text))
 
 
 def save_adapter_atomically(peft_model: Any, directory: str | os.PathLike, adapter_name: str = "default") -> None:

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .registration import is_softhard
+from ..method.config import SoftHardConfig
+from ..peft_boundary.adapters import softhard_adapter
+from .checkpoint import write_file_atomically
 
 MEMBERS = {"tensor.npy", "meta.json"}
 MAX_TOKENS = 2048
@@ -26,22 +28,20 @@ _MAX_MEMBER_BYTES = 256 * 2**20  # refuse a zip that would unpack into something
 def export_kobold(peft_model: Any, path: str | Path, adapter_name: str | None = None, *, name: str = "soft prompt",
                   author: str = "", description: str = "", supported: list[str] | None = None) -> Path:
     """Write the adapter's prompt (what the model sees, float32) as a KoboldAI soft-prompt zip."""
-    adapter_name = adapter_name or peft_model.active_adapter
-    config = peft_model.peft_config[adapter_name]
-    if not is_softhard(config) or config.task_type != "CAUSAL_LM":
-        raise ValueError("KoboldAI soft prompts are for causal LMs: export a CAUSAL_LM SOFTHARD adapter.")
-    vectors = peft_model.prompt_encoder[adapter_name].prompt_embeddings().detach().float().cpu().numpy()
+    _, config, encoder = softhard_adapter(peft_model, adapter_name, task_type="CAUSAL_LM")  # KoboldAI: causal LMs
+    vectors = encoder.prompt_embeddings().detach().float().cpu().numpy()
     buffer = io.BytesIO()
     np.save(buffer, vectors, allow_pickle=False)
     meta = {"name": name, "author": author, "description": description,
             "supported": supported or [config.base_model_name_or_path or "unknown"]}
+
+    def write(temporary: Path) -> None:
+        with zipfile.ZipFile(temporary, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("tensor.npy", buffer.getvalue())
+            archive.writestr("meta.json", json.dumps(meta, indent=2))
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.writing")
-    with zipfile.ZipFile(temporary, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("tensor.npy", buffer.getvalue())
-        archive.writestr("meta.json", json.dumps(meta, indent=2))
-    temporary.replace(path)
+    write_file_atomically(path, write)
     return path
 
 
@@ -86,12 +86,18 @@ def read_kobold(path: str | Path, hidden_size: int | None = None) -> tuple[torch
 
 def import_kobold(path: str | Path, base_model: Any, adapter_name: str = "default") -> Any:
     """A SOFTHARD soft-mode CAUSAL_LM adapter on `base_model` whose prompt is the zip's vectors."""
+    vectors, _ = read_kobold(path, hidden_size=base_model.get_input_embeddings().embedding_dim)
+    return soft_prompt_adapter(base_model, vectors, adapter_name)
+
+
+def soft_prompt_adapter(base_model: Any, vectors: torch.Tensor, adapter_name: str = "default") -> Any:
+    """A SOFTHARD soft-mode CAUSAL_LM adapter on `base_model` whose prompt is `vectors` [n, d]."""
     from peft import get_peft_model
 
-    from .config import SoftHardConfig
-
     hidden = base_model.get_input_embeddings().embedding_dim
-    vectors, _ = read_kobold(path, hidden_size=hidden)
+    if vectors.shape[1] != hidden:
+        raise ValueError(f"The soft prompt has d_model={vectors.shape[1]} and this model's embeddings {hidden}; it "
+                         "was made for another model.")
     config = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=vectors.shape[0], mode="soft", init="random")
     model = get_peft_model(base_model, config, adapter_name=adapter_name)
     with torch.no_grad():

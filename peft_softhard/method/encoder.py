@@ -174,6 +174,12 @@ class SoftHardPromptEncoder(BasePromptEncoder):
             )
         return self._allowed_mask.nonzero().flatten()
 
+    def use_vocabulary_of(self, other: SoftHardPromptEncoder) -> None:
+        """Project within exactly the allowed vocabulary of `other` (computed there, shared, not recomputed)."""
+        other.allowed_token_ids()
+        self._allowed_mask = other._allowed_mask
+        self._projected_from = None
+
     def tokenizer(self) -> object | None:
         """The tokenizer named by the config, else the base model's own if it has a usable one, else None."""
         if self._tokenizer is None and (self.config.tokenizer_name_or_path or self.tokenizer_source):
@@ -267,6 +273,11 @@ class SoftHardPromptEncoder(BasePromptEncoder):
         return state
 
     def _load_adapter_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """peft's hook (`BasePromptEncoder`) for loading a saved adapter."""
+        self.load_adapter_state_dict(state_dict)
+
+    def load_adapter_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Restore what `adapter_state_dict` gave, after checking it fits this model."""
         self._check_adapter_state_dict(state_dict)
         with torch.no_grad():
             if self.config.is_hard:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from peft.config import PromptLearningConfig
 from peft.utils import PeftType
 
+PEFT_TYPE_NAME = "SOFTHARD"  # the member this package adds to peft's PeftType
 MODES = ("soft", "hard")
 INITS = ("random", "vocab", "text", "token_ids")
 METRICS = ("cosine", "dot", "l2")
@@ -88,7 +89,7 @@ class SoftHardConfig(PromptLearningConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.peft_type = PeftType("SOFTHARD")
+        self.peft_type = PeftType(PEFT_TYPE_NAME)
         self.mode = _choice("mode", self.mode, MODES)
         self.init = _choice("init", self.init, INITS)
         self.metric = _choice("metric", self.metric, METRICS)
@@ -135,6 +136,11 @@ class SoftHardConfig(PromptLearningConfig):
     @property
     def is_hard(self) -> bool:
         return self.mode == "hard"
+
+
+def is_softhard(config: object) -> bool:
+    """Whether a peft config (of any method) is a SOFTHARD adapter's."""
+    return getattr(config, "peft_type", None) == PEFT_TYPE_NAME
 
 
 def _is_int(value: object) -> bool:

@@ -9,9 +9,9 @@ from peft import PromptTuningConfig
 from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from ..method.encoder import ALLOWED_KEY, CONTINUOUS_KEY, TOKEN_IDS_KEY
+from ..peft_boundary.adapters import softhard_adapter
 from .checkpoint import write_directory_atomically
-from .encoder import ALLOWED_KEY, CONTINUOUS_KEY, TOKEN_IDS_KEY
-from .registration import is_softhard
 
 
 def export_prompt_tuning(peft_model: Any, save_directory: str, adapter_name: str | None = None) -> str:
@@ -26,10 +26,7 @@ def export_prompt_tuning(peft_model: Any, save_directory: str, adapter_name: str
         >>> PeftModel.from_pretrained(base_model, "out/plain")  # no peft_softhard import needed  # doctest: +SKIP
         ```
     """
-    adapter_name = adapter_name or peft_model.active_adapter
-    config = peft_model.peft_config[adapter_name]
-    if not is_softhard(config):
-        raise ValueError(f"Adapter {adapter_name!r} is {config.peft_type}, not a SOFTHARD adapter.")
+    adapter_name, config, _ = softhard_adapter(peft_model, adapter_name)
     plain = PromptTuningConfig(
         task_type=config.task_type,
         num_virtual_tokens=config.num_virtual_tokens,

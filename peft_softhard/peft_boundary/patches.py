@@ -1,36 +1,29 @@
-"""Registers the SOFTHARD method with peft. Every contact with peft's internals is in this module.
+"""Every change this package makes to peft's behaviour, listed in `PATCHES`, and the registration of SOFTHARD.
 
-peft 0.21 only knows the prompt methods it ships, so these things are done here, once, at import:
-1. `PeftType` gets a SOFTHARD member (`register_peft_method` refuses names the enum lacks);
-2. `register_peft_method` fills peft's tables (config class, encoder class, key prefix);
-3. `PeftModel._setup_prompt_encoder` (builds only the encoders it knows) and `PeftModel.get_prompt`
-   (reads `embedding.weight` directly at inference, which would skip the hard projection) are wrapped to
-   handle SOFTHARD adapters and pass every other adapter through unchanged;
-4. the task models' `forward` and `generate` are wrapped so that every call of a SOFTHARD adapter, and every
-   call with `adapter_names=` (one adapter per row, which peft drops for prompt adapters) on a model of prompt
-   adapters, runs our own path (`mixed_batch.forward_with_prompts` / `generate_with_prompts`): each row's
-   prompt right before its real tokens, positions counted per row, and the base model's own `generate`. peft's
-   prompt-learning forward puts left padding between prompt and input, and its `prepare_inputs_for_generation`
-   diverges after the first new token with transformers 5.24; neither is used for SOFTHARD. LoRA-style
-   adapters and stock prompt adapters without `adapter_names` still go to peft;
-5. `PeftModel.delete_adapter` is wrapped for prompt adapters: peft 0.21 hands every remaining adapter to each
-   task head's `delete_adapter`, which refuses more than one, so deleting one of three SEQ_CLS adapters failed;
-6. `PeftModel.load_adapter` is wrapped so a truncated or corrupted SOFTHARD weights file gives an error that
-   names the file and the fix instead of safetensors' bare "Error while deserializing header".
+peft 0.21 only knows the prompt methods it ships, so `register()` (run when `peft_softhard` is imported)
+adds SOFTHARD to its tables and wraps the methods in `PATCHES`; every wrapper passes other adapters through
+to peft unchanged. `check_supported_peft()` resolves every name in `PATCHES` and `RELIED_ON` first, so a peft
+that differs where it matters fails at import with the supported versions, not later with an AttributeError.
+docs/python-api.md lists the same patches (a test keeps the two equal).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.metadata
 import inspect
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from ..method.config import PEFT_TYPE_NAME, SoftHardConfig, is_softhard
+from ..method.encoder import SoftHardPromptEncoder
+from .prompted_calls import forward_with_prompts, generate_with_prompts, takes_prompt_path
+
 SUPPORTED_PEFT = ">=0.21,<0.22"
-PEFT_TYPE_NAME = "SOFTHARD"
 # peft warns when an adapter name is a substring of the method's key prefix; "softhard_" would catch the
 # natural names "soft" and "hard". No key of our state dict starts with this prefix, so peft renames none.
 KEY_PREFIX = "shvt_"
@@ -39,38 +32,77 @@ PROMPTED_FORWARD = ("PeftModelForCausalLM", "PeftModelForSeq2SeqLM", "PeftModelF
 PROMPTED_GENERATE = ("PeftModelForCausalLM", "PeftModelForSeq2SeqLM")
 
 
-def _require_peft_symbols() -> None:
-    """Fail at import, with the versions we support, if peft lacks anything this module relies on."""
-    version = importlib.metadata.version("peft")
-    problem = None
-    try:
-        import peft
-        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING  # noqa: F401
-        from peft.tuners import tuners_utils
-        from peft.utils.peft_types import PeftType, register_peft_method  # noqa: F401
+@dataclass(frozen=True)
+class Patch:
+    """One change to peft: what it touches (`module:Class.attribute`), what we do, and why."""
 
-        classes = {name: getattr(peft, name, None) for name in ("PeftModel", *PROMPTED_FORWARD)}
-        classes["BasePromptEncoder"] = getattr(tuners_utils, "BasePromptEncoder", None)
-        needed = [
-            *[("PeftModel", name) for name in ("_setup_prompt_encoder", "get_prompt", "load_adapter",
-                                               "delete_adapter")],
-            *[("BasePromptEncoder", name) for name in ("_get_adapter_state_dict", "_load_adapter_state_dict")],
-            *[(task_model, "forward") for task_model in PROMPTED_FORWARD],
-            *[(task_model, "generate") for task_model in PROMPTED_GENERATE],
-        ]
-        missing = [f"{owner}.{name}" for owner, name in needed
-                   if classes[owner] is None or name not in vars(classes[owner])]
-        if missing:
-            problem = f"missing {', '.join(missing)}"
-        if not hasattr(PeftType, "_member_map_"):
-            problem = "PeftType is not a standard Enum"
-    except ImportError as error:
-        problem = str(error)
-    if problem:
+    targets: tuple[str, ...]
+    change: str
+    why: str
+
+
+PATCHES = (
+    Patch(("peft.utils.peft_types:PeftType",), "adds the SOFTHARD member (CPython Enum internals)",
+          "`register_peft_method` refuses names the enum lacks"),
+    Patch(("peft:PeftModel._setup_prompt_encoder",), "wrapped: builds a SoftHardPromptEncoder for SOFTHARD",
+          "peft builds only the encoders it ships; ours finds embeddings through `get_input_embeddings()`"),
+    Patch(("peft:PeftModel.get_prompt",), "wrapped: SOFTHARD prompts come from `prompt_embeddings()`",
+          "peft reads `embedding.weight` directly at inference, which would skip the hard projection"),
+    Patch(tuple(f"peft:{name}.forward" for name in PROMPTED_FORWARD),
+          "wrapped: every SOFTHARD call, and every `adapter_names=` call on prompt adapters, runs "
+          "`prompted_calls.forward_with_prompts`",
+          "peft puts left padding between prompt and input and drops `adapter_names` for prompt adapters"),
+    Patch(tuple(f"peft:{name}.generate" for name in PROMPTED_GENERATE),
+          "wrapped: the same calls run `prompted_calls.generate_with_prompts` (the base model's own generate)",
+          "peft's `prepare_inputs_for_generation` diverges after the first new token with transformers 5.24"),
+    Patch(("peft:PeftModel.delete_adapter",), "wrapped for prompt adapters",
+          "peft 0.21 hands every remaining adapter to each task head's `delete_adapter`, which refuses more than "
+          "one, so deleting one of three SEQ_CLS adapters failed"),
+    Patch(("peft:PeftModel.load_adapter",), "wrapped: a truncated SOFTHARD weights file names the file and the fix",
+          "safetensors' bare 'Error while deserializing header' says neither"),
+    Patch(("peft.utils.other:ModulesToSaveWrapper",),
+          "its instances' `forward` replaced, only during a mixed-batch call (`adapters.per_row_heads`)",
+          "each row's task head must be its own adapter's copy"),
+    Patch(("peft:__import__",), "an import hook (_peft_softhard_autoload.py, run by a .pth file at interpreter "
+          "start) imports peft_softhard right after peft",
+          "a saved SOFTHARD adapter loads in a fresh process without `import peft_softhard`"),
+)
+
+# peft names used, not changed: the extension points we implement and the internals we call.
+RELIED_ON = (
+    "peft.utils.peft_types:register_peft_method",
+    "peft.mapping:PEFT_TYPE_TO_CONFIG_MAPPING",
+    "peft.tuners.tuners_utils:BasePromptEncoder._get_adapter_state_dict",
+    "peft.tuners.tuners_utils:BasePromptEncoder._load_adapter_state_dict",
+    "peft.tuners.tuners_utils:_delete_auxiliary_adapter",
+)
+
+
+def check_supported_peft() -> None:
+    """Fail at import, with the versions we support, if peft lacks anything `PATCHES` or `RELIED_ON` names."""
+    targets = [t for patch in PATCHES for t in patch.targets if not t.endswith(":__import__")] + list(RELIED_ON)
+    missing = [target for target in targets if not _defined(target)]
+    if not hasattr(importlib.import_module("peft.utils.peft_types").PeftType, "_member_map_"):
+        missing.append("PeftType as a standard Enum")
+    if missing:
+        version = importlib.metadata.version("peft")
         raise ImportError(
             f"peft-softhard supports peft {SUPPORTED_PEFT}; the installed peft {version} differs where it matters "
-            f"({problem}). Install a supported version: pip install 'peft{SUPPORTED_PEFT}'."
+            f"(missing {', '.join(missing)}). Install a supported version: pip install 'peft{SUPPORTED_PEFT}'."
         )
+
+
+def _defined(target: str) -> bool:
+    """Whether `module:Owner.attribute` exists, defined on the owner itself (a wrapper replaces that one)."""
+    module_name, _, path = target.partition(":")
+    try:
+        owner: Any = importlib.import_module(module_name)
+    except ImportError:
+        return False
+    *owners, attribute = path.split(".")
+    for name in owners:
+        owner = getattr(owner, name, None)
+    return owner is not None and attribute in vars(owner)
 
 
 def _add_peft_type() -> Any:
@@ -90,16 +122,10 @@ def _add_peft_type() -> Any:
     return member
 
 
-def is_softhard(config: Any) -> bool:
-    return getattr(config, "peft_type", None) == PEFT_TYPE_NAME
-
-
 def _setup_softhard_encoder(peft_model: Any, adapter_name: str) -> None:
     """peft's `_setup_prompt_encoder` for SOFTHARD: embeddings are found through `get_input_embeddings()`."""
     import torch
     from transformers import PreTrainedModel
-
-    from .encoder import SoftHardPromptEncoder
 
     base = peft_model.base_model
     if not hasattr(peft_model, "prompt_encoder"):
@@ -146,8 +172,6 @@ def _route(original: Callable, ours: Callable, config_of: Callable, is_ours: Cal
 
 def _prompt_path(original: Callable, ours: Callable) -> Callable:
     """Wrap a task model's forward/generate so the calls `takes_prompt_path` claims run `ours`."""
-    from .mixed_batch import takes_prompt_path
-
     signature = inspect.signature(original)
 
     @functools.wraps(original)
@@ -230,8 +254,6 @@ def _saved_peft_type(folder: str) -> str | None:
 def _patch_peft_model() -> None:
     import peft
 
-    from .mixed_batch import forward_with_prompts, generate_with_prompts
-
     PeftModel = peft.PeftModel  # noqa: N806
 
     if hasattr(PeftModel._setup_prompt_encoder, "__softhard_original__"):
@@ -259,12 +281,9 @@ def register() -> None:
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
     from peft.utils.peft_types import register_peft_method
 
-    _require_peft_symbols()
+    check_supported_peft()
     peft_type = _add_peft_type()
     if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
-        from .config import SoftHardConfig
-        from .encoder import SoftHardPromptEncoder
-
         register_peft_method(
             name=PEFT_TYPE_NAME.lower(), config_cls=SoftHardConfig, model_cls=SoftHardPromptEncoder, prefix=KEY_PREFIX
         )

@@ -1,13 +1,14 @@
 """Prompt ensembles: score one task with several prompts in one batched pass, then combine their answers.
 
 Every example is repeated once per prompt and the copies run as one mixed batch (each row with its own
-adapter, see `mixed_batch`), so N prompts cost one pass over N times the rows, not N separate evaluations.
+adapter, see `peft_boundary.prompted_calls`), so N prompts cost one pass over N times the rows, not N separate
+evaluations.
 Two ways to combine: "mean" averages the members' class log-probabilities (each normalised over the classes);
 "vote" takes the class most members predict, a tie going to the higher mean log-probability.
 
 Example:
     ```py
-    >>> from peft_softhard.ensemble import score_ensemble
+    >>> from peft_softhard import score_ensemble
     >>> scores = score_ensemble(peft_model, objective, ["soft_1", "soft_2", "hard"])  # doctest: +SKIP
     >>> scores.accuracy("mean"), scores.member_accuracy()                             # doctest: +SKIP
     ```
@@ -21,9 +22,10 @@ from typing import Any
 
 import torch
 
-from .discovery import frozen
-from .mixed_batch import check_adapter_names
-from .objectives import accuracy_of
+from ..metrics import accuracy
+from ..objectives import ClassifierObjective
+from ..optimization.loop import frozen
+from ..peft_boundary.adapters import check_adapter_names
 
 COMBINE_METHODS = ("mean", "vote")
 
@@ -44,10 +46,10 @@ class EnsembleScores:
         return combine_log_probs(self.log_probs, combine).tolist()
 
     def accuracy(self, combine: str = "mean") -> float:
-        return accuracy_of(self.predictions(combine), self.labels)
+        return accuracy(self.predictions(combine), self.labels)
 
     def member_accuracy(self) -> dict[str, float]:
-        return {name: accuracy_of(p, self.labels) for name, p in self.member_predictions().items()}
+        return {name: accuracy(p, self.labels) for name, p in self.member_predictions().items()}
 
 
 def combine_log_probs(log_probs: torch.Tensor, combine: str = "mean") -> torch.Tensor:
@@ -63,7 +65,7 @@ def combine_log_probs(log_probs: torch.Tensor, combine: str = "mean") -> torch.T
 
 
 def score_ensemble(
-    peft_model: Any, objective: Any, adapter_names: Sequence[str], split: str = "held_out"
+    peft_model: Any, objective: ClassifierObjective, adapter_names: Sequence[str], split: str = "held_out"
 ) -> EnsembleScores:
     """Score every adapter in `adapter_names` ("__base__": no prompt) on the objective's held-out (or "train")
     examples in one batched pass; combine the result with `.predictions("mean" | "vote")`."""
@@ -72,5 +74,4 @@ def score_ensemble(
     check_adapter_names(peft_model, list(adapter_names), len(adapter_names))
     with frozen(peft_model):
         log_probs = objective.member_log_probs(peft_model, list(adapter_names), split)
-    labels = (objective.held_out if split == "held_out" else objective.train)[1]
-    return EnsembleScores(list(adapter_names), log_probs.cpu(), list(labels))
+    return EnsembleScores(list(adapter_names), log_probs.cpu(), list(objective.labels(split)))

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from .discovery import frozen
-from .projection import distance, nearest_tokens, similarity
-from .registration import is_softhard
+from .method.projection import distance, nearest_tokens, similarity
+from .optimization.loop import frozen
+from .peft_boundary.adapters import softhard_adapter
 
 
 @dataclass
@@ -85,8 +85,7 @@ def project_prompt(
     vocabulary (`constrained=True`) or the whole vocabulary (`constrained=False`, special tokens included).
     The vocabulary is scored in bounded-memory chunks, whatever its size.
     """
-    adapter_name = adapter_name or peft_model.active_adapter
-    config, encoder = _softhard_adapter(peft_model, adapter_name)
+    _, config, encoder = softhard_adapter(peft_model, adapter_name)
     metric = metric or config.metric
     vectors = encoder.embedding.weight.detach()
     embed = encoder.word_embeddings
@@ -103,16 +102,12 @@ def project_prompt(
             token_ids, similarities = ids[:, 0].tolist(), scores[:, 0].tolist()
         used = torch.tensor(token_ids, device=vectors.device)
         distances = distance(vectors, embed(used), metric).tolist()
-        candidate_distances = distance(
-            vectors.repeat_interleave(top_k, 0), embed(ids.flatten()), metric
-        ).view(-1, top_k).tolist()
+        candidate_distances = distance(vectors.repeat_interleave(top_k, 0), embed(ids.flatten()), metric)
 
     tokenizer = tokenizer if tokenizer is not None else encoder.tokenizer()
     decode = (lambda i: tokenizer.decode([i])) if tokenizer is not None else (lambda i: None)
-    candidates = [
-        [TokenCandidate(i, s, d, decode(i)) for i, s, d in zip(row_ids, row_scores, row_distances, strict=True)]
-        for row_ids, row_scores, row_distances in zip(ids.tolist(), scores.tolist(), candidate_distances, strict=True)
-    ]
+    rows = zip(ids.tolist(), scores.tolist(), candidate_distances.view(-1, top_k).tolist(), strict=True)
+    candidates = [[TokenCandidate(i, s, d, decode(i)) for i, s, d in zip(*row, strict=True)] for row in rows]
     special = set(encoder.model_special_ids) | set(getattr(tokenizer, "all_special_ids", []) or [])
     texts = [decode(i) for i in token_ids]
     return ProjectedPrompt(
@@ -139,12 +134,11 @@ def to_hard_adapter(peft_model: Any, adapter_name: str | None = None, new_adapte
     prompt's projection (same metric and vocabulary). Returns the new adapter's name; export it as a plain
     PROMPT_TUNING adapter with `export_prompt_tuning(peft_model, path, new_adapter_name)`.
     """
-    adapter_name = adapter_name or peft_model.active_adapter
-    config, encoder = _softhard_adapter(peft_model, adapter_name)
+    _, config, encoder = softhard_adapter(peft_model, adapter_name)
     hard_config = dataclasses.replace(config, mode="hard", inference_mode=False)
     peft_model.add_adapter(new_adapter_name, hard_config)
     hard = peft_model.prompt_encoder[new_adapter_name]
-    hard._allowed_mask = encoder._allowed_mask  # read within exactly the same vocabulary
+    hard.use_vocabulary_of(encoder)  # read within exactly the same vocabulary
     with torch.no_grad():
         hard.embedding.weight.copy_(encoder.embedding.weight)
     return new_adapter_name
@@ -169,8 +163,7 @@ class WaywardnessReport:
 
 def waywardness(peft_model: Any, objective: Any, adapter_name: str | None = None, tokenizer: Any = None):
     """Score a soft prompt and its projection with `objective.score` (e.g. held-out accuracy), side by side."""
-    adapter_name = adapter_name or peft_model.active_adapter
-    _, encoder = _softhard_adapter(peft_model, adapter_name)
+    adapter_name, _, encoder = softhard_adapter(peft_model, adapter_name)
     base = peft_model.get_base_model()
     reading = project_prompt(peft_model, tokenizer, adapter_name=adapter_name)
     with frozen(base), torch.no_grad():
@@ -179,16 +172,6 @@ def waywardness(peft_model: Any, objective: Any, adapter_name: str | None = None
     return WaywardnessReport(
         soft_score, projected_score, reading.token_ids, reading.text, reading.mean_distance, reading.max_distance
     )
-
-
-def _softhard_adapter(peft_model: Any, adapter_name: str):
-    config = peft_model.peft_config[adapter_name]
-    if not is_softhard(config):
-        raise ValueError(
-            f"This reads SOFTHARD adapters; adapter {adapter_name!r} is {config.peft_type}. "
-            "Create the model with SoftHardConfig."
-        )
-    return config, peft_model.prompt_encoder[adapter_name]
 
 
 def _is_word(text: str) -> bool:

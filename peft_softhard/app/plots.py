@@ -61,7 +61,7 @@ def _pyplot():
 def _save(figure, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
-    from .distributed import is_main_process
+    from ..distributed import is_main_process
 
     path = Path(path)
     if not is_main_process():

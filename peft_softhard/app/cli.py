@@ -1,0 +1,473 @@
+"""The `softhard` command: train soft prompts, discover hard ones, evaluate, read, export and import them.
+
+    softhard demo                                   # the main job on the embedded default model
+    softhard train --task sst2 --num-virtual-tokens 10
+    softhard discover --task sst2 --method pez
+    softhard eval --task sst2 --adapter out/train/n10/best
+    softhard eval --task sst2 --ensemble out/a/best out/b/best out/c/adapter
+    softhard project --adapter out/train/n10/best --top-k 5
+    softhard export --adapter out/train/n10/best --to kobold --out prompt.zip
+    softhard import prompt.zip --out out/imported
+
+Every command takes --help. Results print as tables, or as JSON with --json.
+
+Each command checks its arguments (by building its configs), then loads the data, then the model, then calls
+the library and prints: a mistake is reported before anything slow has run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..distributed import init_from_environment, is_main_process
+from ..files.checkpoint import save_adapter_atomically, write_text_atomically
+from .reporting import evaluate_prompt, table
+
+logger = logging.getLogger("peft_softhard")
+
+
+# ------------------------------------------------------------------------------------------ shared steps
+def _task(args):
+    """The task the arguments name; relative custom data files are read from the working directory."""
+    from .tasks import custom_task, get_task
+
+    if args.train_file or args.eval_file:
+        if not args.label_words:
+            raise ValueError("A custom task needs its label words: --label-word ' no' --label-word ' yes' ...")
+        return custom_task(train=args.train_file, eval=args.eval_file, template=args.template or "{text}",
+                           label_words=args.label_words, text_column=args.text_column,
+                           label_column=args.label_column, base_dir=Path.cwd())
+    task = get_task(args.task)
+    return type(task)(**{**task.to_dict(), "template": args.template}) if args.template else task
+
+
+def _data(args, task):
+    from .tasks import load_task_data
+
+    return load_task_data(task, args.max_train, args.max_eval, args.seed, args.data_dir)
+
+
+def _model(args, task_type: str, default: str | None = None):
+    from .models import DEFAULT_MODEL, load_model
+
+    return load_model(args.model or default or DEFAULT_MODEL, task_type)
+
+
+def _load_adapter(args):
+    from peft import PeftConfig, PeftModel
+
+    config = PeftConfig.from_pretrained(args.adapter)
+    base, tokenizer = _model(args, config.task_type, default=config.base_model_name_or_path)
+    return PeftModel.from_pretrained(base, args.adapter), tokenizer
+
+
+def _print(args, payload: Any, text: str) -> None:
+    print(json.dumps(payload, indent=2, default=str) if args.json else text)
+
+
+# --------------------------------------------------------------------------------------------- commands
+def cmd_train(args) -> dict:
+    from peft import get_peft_model
+
+    from ..method.config import SoftHardConfig
+    from ..optimization.training import TrainConfig, train_prompt
+    from .plots import plot_accuracy_vs_length, plot_training_curves
+    from .tasks import task_objective
+
+    prompts = [SoftHardConfig(task_type=args.task_type, num_virtual_tokens=length, mode=args.mode, init=args.init,
+                              init_text=args.init_text, metric=args.metric) for length in args.num_virtual_tokens]
+    config = TrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, eval_interval=args.eval_interval,
+                         checkpoint_interval=args.checkpoint_interval, seed=args.seed, show_progress=not args.json)
+    task = _task(args)
+    data = _data(args, task)
+    output = Path(args.output_dir)
+    rows, curves, payload = [], {}, {"task": task.name, "runs": []}
+    for prompt in prompts:
+        length = prompt.num_virtual_tokens
+        base, tokenizer = _model(args, args.task_type)
+        objective = task_objective(task, data, tokenizer, args.task_type)
+        torch.manual_seed(args.seed)
+        model = get_peft_model(base, prompt)  # the tokenizer for text init comes from the model's folder
+        result = train_prompt(model, objective, config, output / f"n{length}", resume=args.resume)
+        curves[f"{args.mode}, {length} tokens"] = (result.loss_history, result.score_history)
+        rows.append([length, result.best_score, result.best_step, result.steps, round(result.seconds, 1)])
+        payload["runs"].append({"num_virtual_tokens": length, "best_score": result.best_score,
+                                "best_step": result.best_step, "adapter": str(output / f"n{length}" / "best"),
+                                "score_history": result.score_history, "seconds": result.seconds})
+    payload["plots"] = [str(plot_training_curves(curves, output / "training_curves.png"))]
+    if len(prompts) > 1:
+        points = {args.mode: [(r[0], r[1]) for r in rows]}
+        payload["plots"].append(str(plot_accuracy_vs_length(points, output / "accuracy_vs_length.png")))
+    text = table(["tokens", "best held-out accuracy", "at step", "steps", "seconds"], rows)
+    _print(args, payload, f"{text}\nbest adapters: {output}/n*/best   plots: {', '.join(payload['plots'])}")
+    return payload
+
+
+def cmd_discover(args) -> dict:
+    from ..method.config import SoftHardConfig
+    from ..optimization.discovery import DiscoveryConfig, run
+    from .plots import plot_training_curves
+    from .tasks import task_objective
+
+    prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.num_virtual_tokens, mode="hard",
+                            init=args.init, init_text=args.init_text, metric=args.metric,
+                            ascii_only=args.ascii_only, word_start_only=args.word_start_only,
+                            round_trip_only=args.round_trip_only)
+    config = DiscoveryConfig(method=args.method, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                             eval_interval=args.eval_interval, num_restarts=args.restarts, seed=args.seed,
+                             fluency_weight=args.fluency_weight, gcg_top_k=args.top_k,
+                             gcg_candidates=args.candidates, optimizer=args.optimizer, max_seconds=args.max_seconds,
+                             show_progress=not args.json)
+    task = _task(args)
+    data = _data(args, task)
+    base, tokenizer = _model(args, "CAUSAL_LM")
+    objective = task_objective(task, data, tokenizer)
+    output = Path(args.output_dir)
+    result = run(base, objective, config, prompt, tokenizer, checkpoint_dir=str(output / "checkpoint"),
+                 checkpoint_interval=args.checkpoint_interval, resume=args.resume)
+    save_adapter_atomically(result.to_peft_model(base), output / "adapter")
+    write_text_atomically(output / "prompt.txt", result.text or "")
+    payload = {"task": task.name, "method": result.method, "text": result.text, "token_ids": result.token_ids,
+               "best_score": result.best_score, "best_step": result.best_step, "round_trips": result.round_trips,
+               "perplexity": result.perplexity, "seconds": result.seconds, "notes": result.notes,
+               "score_history": result.score_history, "adapter": str(output / "adapter")}
+    write_text_atomically(output / "result.json", json.dumps(payload, indent=2))
+    payload["plots"] = [str(plot_training_curves({result.method: (result.loss_history, result.score_history)},
+                                                 output / "training_curves.png"))]
+    text = table(["method", "prompt", "best held-out accuracy", "at step", "round trips", "seconds"],
+                 [[result.method, result.text, result.best_score, result.best_step, result.round_trips,
+                   round(result.seconds, 1)]])
+    notes = "".join(f"\nnote: {n}" for n in result.notes)
+    _print(args, payload, f"{text}{notes}\nadapter: {output / 'adapter'}")
+    return payload
+
+
+def cmd_eval(args) -> dict:
+    from ..peft_boundary.adapters import adapter_prompt
+    from .tasks import task_objective
+
+    task = _task(args)
+    if args.manual and not task.manual_template:
+        raise ValueError(f"Task {task.name!r} has no manual prompt; give --template or --prompt-text.")
+    data = _data(args, task)
+    if args.ensemble:
+        return _eval_ensemble(args, task, data)
+    if args.adapter:
+        peft_model, tokenizer = _load_adapter(args)
+        prompt = adapter_prompt(peft_model, "default").detach()  # SOFTHARD, or a stock PROMPT_TUNING export
+        task_type = peft_model.peft_config["default"].task_type
+        objective, what = task_objective(task, data, tokenizer, task_type), f"adapter {args.adapter}"
+        model = peft_model.get_base_model()
+    else:
+        model, tokenizer = _model(args, "CAUSAL_LM")
+        template = task.manual_template if args.manual else None
+        objective = task_objective(task, data, tokenizer, template=template)
+        text = args.prompt_text or ""
+        prompt = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        what = f"prompt text {text!r}" if text else f"manual prompt {template!r}" if args.manual else "no prompt"
+    metrics = evaluate_prompt(model, objective, prompt)
+    payload = {"task": task.name, "evaluated": what, **metrics}
+    _print(args, payload, table(["evaluated", "accuracy", "macro-F1", "examples", "examples/s"],
+                                [[what, metrics["accuracy"], metrics["macro_f1"], metrics["examples"],
+                                  metrics["examples_per_second"]]]))
+    return payload
+
+
+def _eval_ensemble(args, task, data) -> dict:
+    """All adapters in one model, every example scored by each in one mixed pass, then combined both ways."""
+    from peft import PeftConfig
+
+    from ..metrics import compute_metrics
+    from ..serving import load_adapters, score_ensemble
+    from ..serving.ensemble import COMBINE_METHODS
+    from .tasks import task_objective
+
+    configs = [PeftConfig.from_pretrained(folder) for folder in args.ensemble]
+    task_types = {str(config.task_type) for config in configs}
+    if len(task_types) > 1:
+        raise ValueError(f"The ensemble's adapters are for different task types {sorted(task_types)}; "
+                         "give adapters trained for one task type.")
+    bases = {config.base_model_name_or_path for config in configs}
+    if len(bases) > 1 and not args.model:
+        raise ValueError(f"The ensemble's adapters were trained on different base models {sorted(map(str, bases))}; "
+                         "give --model to choose the one they all fit.")
+    task_type = task_types.pop()
+    base, tokenizer = _model(args, task_type, default=configs[0].base_model_name_or_path)
+    names = {f"member{i}": folder for i, folder in enumerate(args.ensemble)}  # folder names may repeat ("best")
+    model = load_adapters(base, names)
+    started = time.time()
+    scores = score_ensemble(model, task_objective(task, data, tokenizer, task_type), list(names))
+    seconds = time.time() - started
+    labels, rows = scores.labels, []
+    for name, predictions in scores.member_predictions().items():
+        rows.append([f"adapter {names[name]}", compute_metrics(predictions, labels)])
+    for combine in COMBINE_METHODS:
+        rows.append([f"ensemble ({combine})", compute_metrics(scores.predictions(combine), labels)])
+    payload = {"task": task.name, "examples": len(labels), "seconds": round(seconds, 2),
+               "examples_per_second": round(len(labels) / seconds, 1), "combine": args.combine,
+               "results": [{"evaluated": what, **metrics} for what, metrics in rows],
+               "accuracy": scores.accuracy(args.combine)}
+    text = table(["evaluated", "accuracy", "macro-F1"], [[w, m["accuracy"], m["macro_f1"]] for w, m in rows])
+    _print(args, payload, f"{text}\n{len(labels)} examples x {len(names)} prompts in one batched pass: "
+                          f"{seconds:.1f} s; the ensemble's answer (--combine {args.combine}): "
+                          f"{payload['accuracy']:.4f}")
+    return payload
+
+
+def cmd_project(args) -> dict:
+    from dataclasses import asdict
+
+    from ..reading import project_prompt
+
+    model, tokenizer = _load_adapter(args)
+    reading = project_prompt(model, tokenizer, top_k=args.top_k, metric=args.metric,
+                             constrained=not args.all_vocabulary)
+    payload = asdict(reading)
+    _print(args, payload, f"{reading.table()}\ntext: {reading.text!r}")
+    return payload
+
+
+def cmd_export(args) -> dict:
+    from ..files import export_kobold, export_prompt_tuning
+    from ..reading import project_prompt
+
+    model, tokenizer = _load_adapter(args)
+    out = Path(args.out)
+    if args.to == "prompt-tuning":
+        export_prompt_tuning(model, out)
+    elif args.to == "kobold":
+        export_kobold(model, out, name=args.name or out.stem, author=args.author, description=args.description)
+    else:  # the prompt as text: a hard prompt's tokens, or a soft prompt's nearest-token reading
+        reading = project_prompt(model, tokenizer)
+        write_text_atomically(out, reading.text or "")
+        if reading.mode == "soft":
+            logger.warning("A soft prompt's text is only its nearest-token reading; it need not behave the same.")
+    payload = {"adapter": args.adapter, "format": args.to, "written": str(out)}
+    _print(args, payload, f"wrote {args.to} to {out}")
+    return payload
+
+
+def cmd_import(args) -> dict:
+    from ..files.kobold import read_kobold, soft_prompt_adapter
+
+    vectors, meta = read_kobold(args.zip)  # a bad file is refused before the model loads
+    base, _ = _model(args, "CAUSAL_LM")
+    save_adapter_atomically(soft_prompt_adapter(base, vectors), args.out)
+    payload = {"imported": args.zip, "meta": meta, "num_virtual_tokens": len(vectors), "adapter": args.out}
+    _print(args, payload, f"imported {meta.get('name', args.zip)!r} ({len(vectors)} vectors) to {args.out}")
+    return payload
+
+
+def cmd_demo(args) -> dict:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+# ------------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="softhard", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n")[1])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_discover, _add_eval, _add_project, _add_export, _add_import, _add_demo):
+        add(commands)
+    return parser
+
+
+def _add_train(commands) -> None:
+    train = commands.add_parser("train", help="train a soft (or hard) prompt on a task",
+                                description="Train a SOFTHARD prompt; the best adapter is kept; --resume continues.")
+    _add_model_and_task(train)
+    train.add_argument("--mode", default="soft", choices=["soft", "hard"], help="default %(default)s")
+    train.add_argument("--num-virtual-tokens", type=int, nargs="+", default=[10],
+                       help="prompt length; several values train one prompt each and plot score vs length")
+    _add_prompt_init(train)
+    _add_optimisation(train, lr=3e-3, eval_interval=50)
+    _add_output(train, "out/train")
+    train.set_defaults(handler=cmd_train)
+
+
+def _add_discover(commands) -> None:
+    from ..optimization.discovery import METHODS
+
+    discover = commands.add_parser("discover", help="discover a hard prompt (PEZ, projected SGD or GCG)",
+                                   description="Search for the best prompt of real tokens; --resume continues.")
+    _add_model_and_task(discover, task_type=False)
+    discover.add_argument("--method", default="pez", choices=list(METHODS), help="default %(default)s")
+    discover.add_argument("--num-virtual-tokens", type=int, default=10, help="default %(default)s")
+    _add_prompt_init(discover)
+    _add_optimisation(discover, lr=0.1, eval_interval=25)
+    discover.add_argument("--optimizer", default="adamw", choices=["adamw", "adafactor"], help="default %(default)s")
+    discover.add_argument("--restarts", type=int, default=1, help="default %(default)s")
+    discover.add_argument("--fluency-weight", type=float, default=0.0, help="λ of the fluency loss (default 0)")
+    discover.add_argument("--top-k", type=int, default=64, help="GCG: tokens per position (default %(default)s)")
+    discover.add_argument("--candidates", type=int, default=64, help="GCG: swaps per step (default %(default)s)")
+    discover.add_argument("--max-seconds", type=float, help="stop after this much search time (scoring not counted)")
+    discover.add_argument("--ascii-only", action="store_true", help="only printable-ASCII tokens")
+    discover.add_argument("--word-start-only", action="store_true", help="only tokens that start a word")
+    discover.add_argument("--round-trip-only", action="store_true", help="only tokens that re-encode as themselves")
+    _add_output(discover, "out/discover")
+    discover.set_defaults(handler=cmd_discover)
+
+
+def _add_eval(commands) -> None:
+    evaluate = commands.add_parser("eval", help="score an adapter, a prompt text or the manual prompt on a task",
+                                   description="Accuracy and macro-F1 on the task's evaluation split.")
+    _add_model_and_task(evaluate, task_type=False)
+    which = evaluate.add_mutually_exclusive_group()
+    which.add_argument("--adapter", help="a saved SOFTHARD (or exported PROMPT_TUNING) adapter folder")
+    which.add_argument("--prompt-text", help="a hard prompt given as text, put before the task's template")
+    which.add_argument("--manual", action="store_true", help="the task's hand-written zero-shot prompt")
+    which.add_argument("--ensemble", nargs="+", metavar="ADAPTER",
+                       help="several saved adapters scored in one batched pass, each alone and combined")
+    evaluate.add_argument("--combine", default="mean", choices=["mean", "vote"],
+                          help="ensemble: mean class log-probability or majority vote (default %(default)s)")
+    _add_output(evaluate)
+    evaluate.set_defaults(handler=cmd_eval)
+
+
+def _add_project(commands) -> None:
+    project = commands.add_parser("project", help="read a saved adapter's prompt as tokens",
+                                  description="The nearest tokens of each prompt vector, with distances.")
+    project.add_argument("--adapter", required=True, help="a saved SOFTHARD adapter folder")
+    project.add_argument("--model", help="base model (default: the adapter's own)")
+    project.add_argument("--top-k", type=int, default=5, help="default %(default)s")
+    project.add_argument("--metric", choices=["cosine", "dot", "l2"], help="default: the adapter's own")
+    project.add_argument("--all-vocabulary", action="store_true", help="read against every token, special ones too")
+    _add_output(project)
+    project.set_defaults(handler=cmd_project)
+
+
+def _add_export(commands) -> None:
+    export = commands.add_parser("export", help="export an adapter as PROMPT_TUNING, text or a KoboldAI zip")
+    export.add_argument("--adapter", required=True, help="a saved SOFTHARD adapter folder")
+    export.add_argument("--model", help="base model (default: the adapter's own)")
+    export.add_argument("--to", required=True, choices=["prompt-tuning", "text", "kobold"], help="the format")
+    export.add_argument("--out", required=True, help="output folder (prompt-tuning) or file (text, kobold .zip)")
+    export.add_argument("--name", help="kobold: the prompt's name")
+    export.add_argument("--author", default="", help="kobold: author")
+    export.add_argument("--description", default="", help="kobold: description")
+    _add_output(export)
+    export.set_defaults(handler=cmd_export)
+
+
+def _add_import(commands) -> None:
+    imported = commands.add_parser("import", help="import a KoboldAI soft-prompt zip as a SOFTHARD adapter",
+                                   description="Validates the zip (members, shape, dtype, NaN/Inf; no pickle).")
+    imported.add_argument("zip", help="the KoboldAI .zip")
+    imported.add_argument("--model", help="base model the prompt is for (default smollm2-135m)")
+    imported.add_argument("--out", required=True, help="adapter folder to write")
+    _add_output(imported)
+    imported.set_defaults(handler=cmd_import)
+
+
+def _add_demo(commands) -> None:
+    demo = commands.add_parser("demo", help="the main job: manual vs soft vs hard prompts on SST-2 (~6 min)",
+                               description="On the embedded default model and SST-2: the manual prompt's accuracy, "
+                                           "a trained soft prompt, a discovered hard prompt, the soft prompt's "
+                                           "reading, and a plot of the training curves. Uses data subsets.")
+    demo.add_argument("--model", default=None, help="default smollm2-135m")
+    demo.add_argument("--data-dir", help="folder with sst2/ (default ../shared/data, else the hub)")
+    demo.add_argument("--train-rows", type=int, default=1000, help="training subset (default %(default)s)")
+    demo.add_argument("--eval-rows", type=int, default=200, help="dev rows scored (default %(default)s)")
+    demo.add_argument("--soft-steps", type=int, default=60, help="default %(default)s")
+    demo.add_argument("--hard-steps", type=int, default=40, help="default %(default)s")
+    demo.add_argument("--batch-size", type=int, default=8, help="default %(default)s")
+    demo.add_argument("--seed", type=int, default=0)
+    _add_output(demo, "out/demo")
+    demo.set_defaults(handler=cmd_demo)
+
+
+def _add_model_and_task(parser: argparse.ArgumentParser, task_type: bool = True) -> None:
+    group = parser.add_argument_group("model and task")
+    group.add_argument("--model", default=None,
+                       help="short name (smollm2-135m, minilm), local path or hub name; default smollm2-135m, or "
+                            "the adapter's own base model")
+    if task_type:
+        group.add_argument("--task-type", default="CAUSAL_LM", choices=["CAUSAL_LM", "SEQ_CLS"],
+                           help="CAUSAL_LM: template + label words; SEQ_CLS: a classification head")
+    group.add_argument("--task", default="sst2", help="sst2, ag_news, or a task .json/.yaml file (default %(default)s)")
+    group.add_argument("--train-file", help="custom task: training data (.csv, .tsv, .jsonl; relative to the working "
+                                            "directory) or hub:NAME[:CONFIG]")
+    group.add_argument("--eval-file", help="custom task: evaluation data, same forms")
+    group.add_argument("--text-column", default="text", help="custom task: text column (default %(default)s)")
+    group.add_argument("--label-column", default="label", help="custom task: label column (default %(default)s)")
+    group.add_argument("--template", help="input after the prompt; must contain {text} (custom task, or override)")
+    group.add_argument("--label-word", action="append", dest="label_words", metavar="WORD",
+                       help="custom task: one per class in label order (repeat), e.g. --label-word ' no'")
+    group.add_argument("--data-dir", help="local copies of the built-in tasks' data (default ../shared/data)")
+    group.add_argument("--max-train", type=int, default=2000, help="training examples used (default %(default)s)")
+    group.add_argument("--max-eval", type=int, default=200, help="evaluation examples used (default %(default)s)")
+    group.add_argument("--seed", type=int, default=0, help="seed for subsets, initialisation and batches")
+
+
+def _add_output(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument("--output-dir", default=default, help="where results go (default %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
+
+
+def _add_optimisation(parser: argparse.ArgumentParser, lr: float, eval_interval: int) -> None:
+    group = parser.add_argument_group("optimisation")
+    group.add_argument("--steps", type=int, default=200, help="default %(default)s")
+    group.add_argument("--lr", type=float, default=lr, help="default %(default)s")
+    group.add_argument("--batch-size", type=int, default=16, help="default %(default)s")
+    group.add_argument("--eval-interval", type=int, default=eval_interval, help="default %(default)s")
+    group.add_argument("--checkpoint-interval", type=int, default=25, help="default %(default)s")
+    group.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output-dir")
+
+
+def _add_prompt_init(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--init", default="vocab", choices=["vocab", "random", "text"], help="default %(default)s")
+    parser.add_argument("--init-text", help="with --init text: the text the prompt starts from")
+    parser.add_argument("--metric", default="cosine", choices=["cosine", "dot", "l2"], help="projection metric")
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars and tables are the output; the libraries' loading bars and notices are noise."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="Position ids are not supported")
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    init_from_environment()  # under torchrun / accelerate launch: data parallelism, rank 0 reports and writes
+    if not is_main_process():
+        os.environ["TQDM_DISABLE"] = "1"
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verbose:
+        _quiet_libraries()
+    try:
+        args.handler(args)
+    except KeyboardInterrupt:
+        where = getattr(args, "output_dir", None)
+        print(f"\nInterrupted. The best prompt so far and a checkpoint are in {where}; add --resume to continue.",
+              file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:
+        print(f"softhard {args.command}: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

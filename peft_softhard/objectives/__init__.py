@@ -1,0 +1,21 @@
+"""Objectives: what a prompt, prepended to every input, should achieve.
+
+- `interface`: the methods every objective has (`Objective`) and classification objectives add
+  (`ClassifierObjective`);
+- `scoring`: the engine they run on (rows after a prompt, batched, cached);
+- `classification`, `target_text`: the tasks;
+- `fluency`: the loss of a prompt's own tokens.
+
+Example:
+    ```py
+    >>> objective = ClassificationObjective(tokenizer, texts, labels, template="{text} It was",
+    ...                                     label_words=[" bad", " good"])  # doctest: +SKIP
+    ```
+"""
+
+from .classification import ClassificationObjective, SequenceClassificationObjective
+from .interface import ClassifierObjective, Objective
+from .target_text import TargetTextObjective
+
+__all__ = ["ClassificationObjective", "ClassifierObjective", "Objective", "SequenceClassificationObjective",
+           "TargetTextObjective"]

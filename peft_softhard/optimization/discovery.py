@@ -1,0 +1,292 @@
+"""Hard-prompt discovery: PEZ, and the projected-SGD and GCG baselines, behind one `run()`.
+
+PEZ (Wen et al. 2023, Algorithm 1): a continuous prompt P is kept; each step the loss is taken at P's
+projection onto the allowed tokens and its gradient is applied to P itself (straight-through), so P can
+drift between tokens until a better one becomes nearest. The best *projected* prompt seen is returned.
+Projected SGD ("AutoPrompt_SGD" in the paper) is the same step followed by P <- projection(P).
+GCG (Zou et al. 2023): rank token swaps by the gradient at the one-hot prompt, score a batch of random
+single swaps exactly, keep the best.
+
+Each method is a strategy of the one loop (`loop.optimize`: batches, scoring, the best prompt, checkpoints,
+resume, time limits): a class with a `step` registered in `METHODS`. A new method is its step, nothing else.
+
+Example:
+    ```py
+    >>> from peft_softhard import DiscoveryConfig, run
+    >>> from peft_softhard import TargetTextObjective
+    >>> objective = TargetTextObjective(tokenizer, target=" Paris")
+    >>> result = run(model, objective, DiscoveryConfig(method="pez", steps=200))  # doctest: +SKIP
+    >>> result.text, result.best_score                                            # doctest: +SKIP
+    ```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..distributed import combine, global_mean, shard
+from ..method.config import SoftHardConfig
+from ..method.encoder import SoftHardPromptEncoder
+from ..method.projection import module_device, nearest_tokens
+from ..objectives import Objective
+from ..objectives.fluency import perplexity, prompt_lm_loss, prompt_lm_losses, with_fluency
+from .loop import LoopConfig, check_positive_ints, frozen, gradient_step, optimize
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adamw", "adafactor")
+
+
+@dataclass
+class DiscoveryConfig(LoopConfig):
+    """How to search. What the prompt may be (length, init, metric, vocabulary) is a `SoftHardConfig`."""
+
+    method: str = field(default="pez", metadata={"help": "'pez', 'psgd' (projected SGD) or 'gcg'."})
+    steps: int = field(default=500, metadata={"help": "Optimisation steps per restart."})
+    lr: float = field(default=0.1, metadata={"help": "Learning rate (PEZ, projected SGD)."})
+    weight_decay: float = field(default=0.1, metadata={"help": "Weight decay of the continuous prompt."})
+    optimizer: str = field(default="adamw", metadata={"help": "'adamw' or 'adafactor' (constant lr)."})
+    num_restarts: int = field(default=1, metadata={"help": "Independent runs from new initial prompts."})
+    fluency_weight: float = field(
+        default=0.0, metadata={"help": "λ: loss = λ·LM loss of the prompt's own tokens + (1-λ)·task loss."}
+    )
+    gcg_top_k: int = field(default=64, metadata={"help": "GCG: candidate tokens per position from the gradient."})
+    gcg_candidates: int = field(default=64, metadata={"help": "GCG: swaps scored exactly per step."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown method {self.method!r}: choose one of {', '.join(METHODS)}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"Unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}.")
+        check_positive_ints(self, "num_restarts", "gcg_top_k", "gcg_candidates")
+        if not 0.0 <= self.fluency_weight < 1.0:
+            raise ValueError(f"fluency_weight must be in [0, 1), got {self.fluency_weight}.")
+
+
+@dataclass
+class DiscoveryResult:
+    """The best projected prompt found, and how the search went."""
+
+    token_ids: list[int]
+    text: str | None
+    best_score: float
+    best_step: int
+    best_restart: int
+    loss_history: list[float]  # training loss at each step (all restarts, in order)
+    score_history: list[tuple[int, float]]  # (step, score of the projected prompt then), all restarts
+    steps: int  # taken, all restarts (fewer than configured when max_seconds stopped the search)
+    seconds: float
+    score_seconds: list[float]  # search seconds (scoring not counted) at each score_history entry
+    method: str
+    perplexity: float | None  # of the prompt's own tokens under the model (causal LMs)
+    round_trips: bool | None  # tokenizer(text) gives back token_ids exactly
+    notes: list[str]
+    prompt_config: SoftHardConfig = field(repr=False)
+
+    def to_peft_model(self, base_model: nn.Module, adapter_name: str = "default"):
+        """A SOFTHARD hard-mode adapter on `base_model` whose prompt is exactly these tokens."""
+        from peft import get_peft_model
+
+        config = dataclasses.replace(self.prompt_config, mode="hard", init="token_ids", init_token_ids=self.token_ids)
+        model = get_peft_model(base_model, config, adapter_name=adapter_name)
+        model.prompt_encoder[adapter_name].set_token_ids(torch.tensor(self.token_ids))
+        return model
+
+
+def run(
+    model: nn.Module,
+    objective: Objective,
+    config: DiscoveryConfig | None = None,
+    prompt: SoftHardConfig | None = None,
+    tokenizer=None,
+    checkpoint_dir: str | None = None,
+    checkpoint_interval: int = 50,
+    resume: bool = False,
+) -> DiscoveryResult:
+    """Search for the hard prompt that does best on `objective`; the model's weights are never changed.
+
+    Args:
+        model: a causal LM (a peft model is unwrapped to its base model).
+        objective: e.g. `ClassificationObjective` or `TargetTextObjective`.
+        config: the search (method, steps, optimiser, ...); default `DiscoveryConfig()`.
+        prompt: the prompt's length, initialisation, metric and vocabulary constraints; default 10 tokens.
+        tokenizer: for the vocabulary constraints and the result's text (default: the objective's).
+        checkpoint_dir: where to write a resumable checkpoint every `checkpoint_interval` steps and on
+            Ctrl-C or a crash; with `resume=True` the search continues from it and ends as an uninterrupted
+            search with the same seed would.
+    """
+    config = config or DiscoveryConfig()
+    prompt = dataclasses.replace(
+        prompt or SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=10), mode="hard", inference_mode=False
+    )
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    tokenizer = tokenizer if tokenizer is not None else getattr(objective, "tokenizer", None)
+
+    def start(restart: int) -> EncoderSearch:
+        torch.manual_seed(config.seed + restart)
+        encoder = SoftHardPromptEncoder.for_model(dataclasses.replace(prompt), model, tokenizer)
+        encoder.to(module_device(model))
+        return METHODS[config.method](config, model, objective, encoder)
+
+    def fluency(ids: torch.Tensor) -> float:  # with a fluency weight, the more natural of two equal prompts wins
+        return -prompt_lm_losses(model, ids[None])[0].item()
+
+    with frozen(model):
+        state, _ = optimize(
+            start, objective, config, lambda ids: objective.score(model, ids),
+            tie_break=fluency if config.fluency_weight else None, restarts=config.num_restarts,
+            checkpoint_dir=checkpoint_dir, checkpoint_interval=checkpoint_interval, resume=resume,
+            description=config.method,
+        )
+        best = state.best
+        ppl = perplexity(model, torch.tensor(best.token_ids, device=module_device(model)))
+    text, round_trips, notes = read_back(tokenizer, best.token_ids, prompt)
+    return DiscoveryResult(
+        token_ids=best.token_ids, text=text, best_score=best.score, best_step=best.step, best_restart=best.restart,
+        loss_history=state.losses, score_history=state.scores, steps=len(state.losses), seconds=state.seconds,
+        score_seconds=state.score_seconds, method=config.method, perplexity=ppl, round_trips=round_trips,
+        notes=notes, prompt_config=prompt,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the methods
+class EncoderSearch:
+    """A search over one hard prompt held by a `SoftHardPromptEncoder`: what every discovery method shares
+    (the prompt scored is the tokens in use; the tensors kept are the encoder's saved state)."""
+
+    def __init__(self, config: DiscoveryConfig, model: nn.Module, objective: Objective,
+                 encoder: SoftHardPromptEncoder) -> None:
+        self.config, self.model, self.objective, self.encoder = config, model, objective, encoder
+
+    def step(self, indices: list[int]) -> float:
+        raise NotImplementedError
+
+    def prompt(self) -> torch.Tensor:
+        return self.encoder.current_token_ids().clone()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return self.encoder.adapter_state_dict()  # clones
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.encoder.load_adapter_state_dict(tensors)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class PEZ(EncoderSearch):
+    """PEZ: the loss at the projected tokens, its gradient applied to the continuous prompt P (straight through)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.continuous = self.encoder.embedding.weight
+        self.continuous.requires_grad_(True)
+        self.optimizer = _optimizer(self.config, self.continuous)
+
+    def step(self, indices: list[int]) -> float:
+        def losses(local: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            seen = self.encoder.prompt_embeddings()  # the projected tokens' embeddings, gradient straight to P
+            task_loss = self.objective.loss(self.model, seen, local)
+            if not self.config.fluency_weight:
+                return task_loss, task_loss
+            fluency = prompt_lm_loss(self.model, seen, self.encoder.current_token_ids())
+            return with_fluency(self.config.fluency_weight, task_loss, fluency), task_loss
+
+        return gradient_step(self.optimizer, [self.continuous], indices, losses, self.config.grad_clip)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class ProjectedSGD(PEZ):
+    """The baseline ("AutoPrompt_SGD" in the PEZ paper): a PEZ step, then P is replaced by its projection."""
+
+    def step(self, indices: list[int]) -> float:
+        loss = super().step(indices)
+        self.encoder.set_token_ids(self.encoder.current_token_ids())
+        return loss
+
+
+class GCG(EncoderSearch):
+    """GCG: gradient-ranked single-token swaps, a batch of them scored exactly, the best one kept."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.embed = self.model.get_input_embeddings()
+        self.allowed = self.encoder.allowed_token_ids().to(module_device(self.model))
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.top_k = min(self.config.gcg_top_k, self.allowed.numel())
+
+    def step(self, indices: list[int]) -> float:
+        config, model = self.config, self.model
+        ids = self.encoder.current_token_ids().clone()
+        local = shard(indices)
+        one_hot_point = self.embed(ids).detach().requires_grad_(True)
+        task_loss = self.objective.loss(model, one_hot_point, local)
+        loss = task_loss
+        if config.fluency_weight:
+            loss = with_fluency(config.fluency_weight, task_loss, prompt_lm_loss(model, one_hot_point, ids))
+        (gradient,) = torch.autograd.grad(loss, one_hot_point)
+        gradient = combine(gradient, len(local), len(indices))
+        # d loss / d one_hot[i, v] = gradient[i] . E_v: the most promising swaps have the largest -gradient . E_v
+        ranked, _ = nearest_tokens(-gradient, self.embed, self.allowed, metric="dot", top_k=self.top_k)
+        count = config.gcg_candidates
+        positions = torch.randint(ids.numel(), (count,), generator=self.generator)
+        picks = torch.randint(self.top_k, (count,), generator=self.generator)
+        candidates = ids.repeat(count, 1)
+        candidates[torch.arange(count), positions] = ranked[positions.to(ranked.device), picks.to(ranked.device)]
+        candidate_losses = combine(self.objective.candidate_losses(model, candidates, local), len(local), len(indices))
+        if config.fluency_weight:
+            fluency = prompt_lm_losses(model, candidates)
+            candidate_losses = with_fluency(config.fluency_weight, candidate_losses, fluency)
+        self.encoder.set_token_ids(candidates[candidate_losses.argmin()])
+        return global_mean(task_loss.item(), len(local), len(indices))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+METHODS: dict[str, type[EncoderSearch]] = {"pez": PEZ, "psgd": ProjectedSGD, "gcg": GCG}
+
+
+def _optimizer(config: DiscoveryConfig, parameter: torch.Tensor) -> torch.optim.Optimizer:
+    if config.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor([parameter], lr=config.lr, weight_decay=config.weight_decay, scale_parameter=False,
+                         relative_step=False, warmup_init=False)
+    return torch.optim.AdamW([parameter], lr=config.lr, weight_decay=config.weight_decay)
+
+
+def read_back(tokenizer, token_ids: list[int], prompt: SoftHardConfig) -> tuple[str | None, bool | None, list[str]]:
+    """The prompt's text, and whether that text tokenizes back to exactly these ids."""
+    notes = []
+    if prompt.round_trip_only:
+        notes.append("search restricted to tokens that survive decode -> encode (round_trip_only=True)")
+    if tokenizer is None:
+        return None, None, notes + ["no tokenizer: no text"]
+    text = tokenizer.decode(token_ids)
+    round_trips = tokenizer(text, add_special_tokens=False)["input_ids"] == token_ids
+    if not round_trips:
+        notes.append(
+            "the text does NOT tokenize back to these ids: use token_ids (or a SOFTHARD adapter), not the text; "
+            "search with round_trip_only=True and word_start_only=True for a text that does"
+        )
+        logger.warning("Discovered prompt %r does not re-tokenize to the same ids; see DiscoveryResult.notes", text)
+    return text, round_trips, notes

@@ -1,0 +1,191 @@
+"""Where prompt vectors go relative to a batch's input: the layout of prompted rows, their masks and positions.
+
+Every path that puts a prompt before an input uses this module: the peft forward and `generate()`
+(`peft_boundary.prompted_calls`), mixed batches (a different prompt per row) and every objective. It knows
+nothing of peft: rows in, rows out.
+
+The layout, for prompts of any lengths:
+- a row is [its prompt; its input]; the columns it does not use are padding, masked out, and its positions
+  are counted over its real tokens only (`position_ids()`), so padding moves nothing;
+- decoders (causal attention) put that padding on the left, so each row ends in the last column, where
+  generation continues and where a decoder's classification head reads; encoders put it on the right, so
+  each row starts in the first column, where BERT-style heads read;
+- token-level outputs come back in one "user layout": the last L columns are the L input columns as given,
+  the P = longest prompt columns before them hold each row's prompt, right-aligned. Values in padding
+  columns are unspecified.
+
+Example:
+    ```py
+    >>> batch = prepend_prompts(prompt, inputs_embeds, attention_mask, padding_left=True)  # doctest: +SKIP
+    >>> logits = model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+    ...                position_ids=batch.position_ids()).logits                         # doctest: +SKIP
+    >>> batch.to_user_layout(logits)[:, -inputs_embeds.shape[1]:]  # the input tokens' logits  # doctest: +SKIP
+    ```
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PromptedBatch:
+    """Prompts placed before each row's real input tokens; see the module docstring for the layout.
+
+    Internally a row is [its prompt; its input] (its real tokens only, or with the caller's padding kept and
+    masked), padded to the longest such row on the left or the right. The layout callers see ("user layout")
+    is [P prompt columns; the L input columns as given]: `user_columns` maps one to the other.
+    """
+
+    inputs_embeds: torch.Tensor  # [B, W, d]
+    attention_mask: torch.Tensor  # [B, W]
+    user_columns: torch.Tensor  # [B, W] the user-layout column of each internal column, -1 for padding
+    prompt_width: int  # P, the longest prompt
+    input_width: int  # L
+
+    def position_ids(self) -> torch.Tensor:
+        """Each row's positions counted over its real tokens, as if it were alone (padding gets 0)."""
+        positions = self.attention_mask.long().cumsum(-1) - 1
+        return positions.masked_fill(self.attention_mask == 0, 0)
+
+    def extend_per_token(self, values: torch.Tensor, fill: int) -> torch.Tensor:
+        """[B, L] per-input-token values (labels, token type ids) laid out like the inputs, `fill` elsewhere."""
+        prompt_slots = values.new_full((values.shape[0], self.prompt_width), fill)
+        user = torch.cat([prompt_slots, values], 1)
+        columns = self.user_columns.to(values.device)
+        return user.gather(1, columns.clamp_min(0)).masked_fill(columns < 0, fill)
+
+    def to_user_layout(self, values: torch.Tensor, columns: slice = slice(None)) -> torch.Tensor:
+        """Token-level outputs [B, W, ...] in the user layout (input tokens in the last L columns), or only its
+        `columns`. Values in padding columns are unspecified."""
+        if self._is_identity():  # nothing moved (one prompt length, right-padded rows): a view, no copy
+            return values[:, columns]
+        index = self._internal_columns()[:, columns].to(values.device)
+        shape = (*index.shape, *values.shape[2:])
+        index = index.view(*index.shape, *[1] * (values.dim() - 2)).clamp_min(0).expand(shape)
+        return values.gather(1, index)
+
+    def at(self, values: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """[B, ...]: each row's output [B, W, ...] at its own user-layout column (`columns` [B]), without copying
+        the rest."""
+        rows = torch.arange(values.shape[0], device=values.device)
+        if not self._is_identity():
+            columns = self._internal_columns().gather(1, columns.cpu()[:, None])[:, 0].clamp_min(0)
+        return values[rows, columns.to(values.device)]
+
+    def _internal_columns(self) -> torch.Tensor:
+        """[B, P + L] the internal column of each user-layout column (-1 where none)."""
+        width = self.prompt_width + self.input_width
+        internal = torch.full((self.user_columns.shape[0], width + 1), -1, dtype=torch.long)  # last: padding's sink
+        sink = torch.where(self.user_columns < 0, width, self.user_columns).cpu()
+        internal.scatter_(1, sink, torch.arange(self.user_columns.shape[1]).expand_as(sink))
+        return internal[:, :width]
+
+    def _is_identity(self) -> bool:
+        width = self.prompt_width + self.input_width
+        if self.user_columns.shape[1] != width:
+            return False
+        columns = torch.arange(width, device=self.user_columns.device)
+        return bool(((self.user_columns == columns) | (self.user_columns < 0)).all())
+
+
+def prepend_prompts(
+    prompts: torch.Tensor | Sequence[torch.Tensor],
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    padding_left: bool = False,
+    compact: bool = True,
+) -> PromptedBatch:
+    """Put prompts before inputs [B, L, d]: one prompt [n, d] for every row, [B, n, d], or one per row (any
+    lengths, an empty [0, d] for none). With `compact`, padding in `attention_mask` (either side) is dropped
+    from the rows; without it the rows keep it (masked), which is exact only with `position_ids()`."""
+    batch, length, _ = inputs_embeds.shape
+    device, dtype = inputs_embeds.device, inputs_embeds.dtype
+    if attention_mask is None:
+        attention_mask = torch.ones(batch, length, dtype=torch.long, device=device)
+    if isinstance(prompts, torch.Tensor):
+        prompts = prompts.expand(batch, -1, -1) if prompts.dim() == 2 else prompts
+        # One prompt length: a concatenation is the layout wherever padding may stay where it is, or where there
+        # is none to move (no padding, or right padding kept on the right).
+        right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+        if not compact or (right_padded and (not padding_left or bool(attention_mask.all()))):
+            return _concatenate(prompts, inputs_embeds, attention_mask)
+        prompts = list(prompts)
+    if len(prompts) != batch:
+        raise ValueError(f"Got {len(prompts)} prompts for a batch of {batch} rows; give one per row.")
+    width = max((p.shape[0] for p in prompts), default=0)
+    contents, columns, masks = [], [], []
+    for prompt, embeds, mask in zip(prompts, inputs_embeds, attention_mask, strict=True):
+        keep = mask.bool() if compact else torch.ones_like(mask, dtype=torch.bool)
+        contents.append(torch.cat([prompt.to(device=device, dtype=dtype), embeds[keep]]))
+        columns.append(torch.cat([torch.arange(width - prompt.shape[0], width, device=device),
+                                  width + keep.nonzero().flatten()]))
+        masks.append(torch.cat([mask.new_ones(prompt.shape[0]), mask[keep]]))
+    total = max((c.shape[0] for c in contents), default=0)
+    rows, row_masks, user_columns = [], [], []
+    for content, column, mask in zip(contents, columns, masks, strict=True):
+        padding = total - content.shape[0]
+        pad = (content.new_zeros(padding, content.shape[1]), column.new_full((padding,), -1), mask.new_zeros(padding))
+        pieces = [(content, column, mask), pad]
+        if padding_left:
+            pieces.reverse()
+        rows.append(torch.cat([piece[0] for piece in pieces]))
+        user_columns.append(torch.cat([piece[1] for piece in pieces]))
+        row_masks.append(torch.cat([piece[2] for piece in pieces]))
+    return PromptedBatch(torch.stack(rows), torch.stack(row_masks), torch.stack(user_columns), width, length)
+
+
+def _concatenate(prompts: torch.Tensor, inputs_embeds: torch.Tensor, mask: torch.Tensor) -> PromptedBatch:
+    """The common case (training, scoring, a causal LM's forward) without a loop over rows: [prompt; input as
+    given], one prompt length."""
+    batch, width = prompts.shape[:2]
+    embeds = torch.cat([prompts.to(device=inputs_embeds.device, dtype=inputs_embeds.dtype), inputs_embeds], 1)
+    mask = torch.cat([mask.new_ones(batch, width), mask], 1)
+    columns = torch.arange(embeds.shape[1], device=mask.device).expand(batch, -1).masked_fill(mask == 0, -1)
+    return PromptedBatch(embeds, mask, columns, width, inputs_embeds.shape[1])
+
+
+def positions_after_prefix(prefix_length: int, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mask [R, n + L] and positions [R, L] of right-padded rows [R, L] that follow a prefix of n positions
+    already run (a cached prompt): token t of a row sits at position n + t."""
+    count, length = attention_mask.shape
+    ones = torch.ones(count, prefix_length, dtype=attention_mask.dtype, device=attention_mask.device)
+    positions = (prefix_length + torch.arange(length, device=attention_mask.device)).expand(count, -1)
+    return torch.cat([ones, attention_mask], 1), positions
+
+
+# ------------------------------------------------------------------------------------------ model structure
+def is_decoder(model: torch.nn.Module) -> bool:
+    """Whether a decoder-only model: its attention is causal (transformers' `is_causal` on attention modules)."""
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return False
+    flags = [m.is_causal for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool)]
+    return any(flags)
+
+
+def accepts_argument(model: torch.nn.Module, argument: str) -> bool:
+    """Whether `model.forward` takes `argument` (not every architecture takes `position_ids`)."""
+    return argument in inspect.signature(model.forward).parameters
+
+
+# ------------------------------------------------------------------------------------------ grouping by length
+def length_groups(totals: Sequence[int], overhead: int) -> list[list[int]]:
+    """Rows split into groups of similar total length (prompt + real input) for the least padded work: the
+    partition of the rows sorted by total that minimises sum(rows x longest total) + `overhead` per group (an
+    O(B^2) dynamic programme; B is a batch)."""
+    order = sorted(range(len(totals)), key=lambda i: totals[i])
+    best, cut = [0.0] + [float("inf")] * len(order), [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for start in range(end):
+            cost = best[start] + (end - start) * totals[order[end - 1]] + overhead
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    groups, end = [], len(order)
+    while end:
+        groups.append(order[cut[end] : end])
+        end = cut[end]
+    return groups[::-1]
