@@ -43,11 +43,12 @@ def loop(kind: str, iterations: int, tiny: bool) -> dict:
 
     if tiny:
         import transformers
+        from subjects import SHARED
 
         from peft_softhard.testing import build, tiny_gpt2
 
-        shared = Path(__file__).resolve().parents[2] / "shared" / "models" / "gpt2-tokenizer"
-        model, tokenizer = build(tiny_gpt2), transformers.AutoTokenizer.from_pretrained(str(shared))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(SHARED / "models" / "gpt2-tokenizer"))
+        model = build(tiny_gpt2)
     else:
         model, tokenizer = load_model("smollm2-135m")
     texts = [f"review number {i} : a {'good' if i % 2 else 'bad'} film" for i in range(4)]

