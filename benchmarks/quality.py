@@ -245,7 +245,7 @@ def run_row(key: dict, base, tokenizer, plan: dict, work: Path, tiny: bool, reco
     accuracy = evaluation.accuracy(scoring_model, prompt)
     steps = 0 if method == "manual" else record.get("steps_taken") or plan["steps"]
     record.update(key, accuracy=round(accuracy, 4), train_seconds=round(train_seconds, 1),
-                  eval_seconds=round(time.time() - started, 1), eval_rows=len(evaluation.held_out[1]),
+                  eval_seconds=round(time.time() - started, 1), eval_rows=len(evaluation.labels()),
                   examples_seen=steps * plan["batch"])
     if method == "lora":
         model.unload()  # LoRA wraps the base model's layers: take the wrappers out again
