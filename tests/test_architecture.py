@@ -7,8 +7,6 @@ import ast
 import re
 from pathlib import Path
 
-import peft
-
 from peft_softhard.peft_boundary import patches
 
 from conftest import REPO
@@ -109,8 +107,7 @@ def test_every_class_method_in_the_patch_list_is_wrapped():
         for target in patch.targets:
             module_name, _, path = target.partition(":")
             owner_name, _, attribute = path.rpartition(".")
-            if not owner_name or not attribute.islower() or "forward" in attribute and "Wrapper" in owner_name:
-                continue  # a module-level name, the import hook, or per-instance patches
+            if not owner_name:
+                continue  # a module-level name: the enum, the wrapper class patched per instance, the import hook
             owner = getattr(importlib.import_module(module_name), owner_name)
             assert hasattr(vars(owner)[attribute], "__softhard_original__"), target
-    assert peft.PeftModel.forward is not None

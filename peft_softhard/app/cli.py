@@ -90,11 +90,11 @@ def cmd_train(args) -> dict:
     task = _task(args)
     data = _data(args, task)
     output = Path(args.output_dir)
-    rows, curves, payload = [], {}, {"task": task.name, "runs": []}
+    rows, curves, payload, objective = [], {}, {"task": task.name, "runs": []}, None
     for prompt in prompts:
         length = prompt.num_virtual_tokens
-        base, tokenizer = _model(args, args.task_type)
-        objective = task_objective(task, data, tokenizer, args.task_type)
+        base, tokenizer = _model(args, args.task_type)  # a fresh base model per prompt: peft wraps it in place
+        objective = objective or task_objective(task, data, tokenizer, args.task_type)  # the same tokenizer each time
         torch.manual_seed(args.seed)
         model = get_peft_model(base, prompt)  # the tokenizer for text init comes from the model's folder
         result = train_prompt(model, objective, config, output / f"n{length}", resume=args.resume)

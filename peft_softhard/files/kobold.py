@@ -74,11 +74,8 @@ def read_kobold(path: str | Path, hidden_size: int | None = None) -> tuple[torch
         raise ValueError(f"{path}: tensor.npy must be 2-D [n_tokens, d_model], got shape {tuple(vectors.shape)}.")
     if not 0 < vectors.shape[0] < MAX_TOKENS:
         raise ValueError(f"{path}: {vectors.shape[0]} prompt tokens; a soft prompt has 1 to {MAX_TOKENS - 1}.")
-    if hidden_size is not None and vectors.shape[1] != hidden_size:
-        raise ValueError(
-            f"{path}: the soft prompt has d_model={vectors.shape[1]} and this model's embeddings {hidden_size}; "
-            "it was made for another model."
-        )
+    if hidden_size is not None:
+        _check_width(vectors, hidden_size, f"{path}: the")
     if not torch.isfinite(vectors).all():
         raise ValueError(f"{path}: tensor.npy holds NaN or Inf.")
     return vectors, meta
@@ -94,15 +91,18 @@ def soft_prompt_adapter(base_model: Any, vectors: torch.Tensor, adapter_name: st
     """A SOFTHARD soft-mode CAUSAL_LM adapter on `base_model` whose prompt is `vectors` [n, d]."""
     from peft import get_peft_model
 
-    hidden = base_model.get_input_embeddings().embedding_dim
-    if vectors.shape[1] != hidden:
-        raise ValueError(f"The soft prompt has d_model={vectors.shape[1]} and this model's embeddings {hidden}; it "
-                         "was made for another model.")
+    _check_width(vectors, base_model.get_input_embeddings().embedding_dim, "The")
     config = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=vectors.shape[0], mode="soft", init="random")
     model = get_peft_model(base_model, config, adapter_name=adapter_name)
     with torch.no_grad():
         model.prompt_encoder[adapter_name].embedding.weight.copy_(vectors)
     return model
+
+
+def _check_width(vectors: torch.Tensor, hidden_size: int, lead: str) -> None:
+    if vectors.shape[1] != hidden_size:
+        raise ValueError(f"{lead} soft prompt has d_model={vectors.shape[1]} and this model's embeddings "
+                         f"{hidden_size}; it was made for another model.")
 
 
 def _as_float_tensor(array: np.ndarray, path: Path) -> torch.Tensor:

@@ -135,8 +135,9 @@ class LoopState:
 
     def to_dict(self) -> dict[str, Any]:
         """A copy to checkpoint (the best prompt's tensors are replaced, never changed in place: not copied)."""
+        state = {f.name: copy.copy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "best"}
         best = {f.name: copy.copy(getattr(self.best, f.name)) for f in dataclasses.fields(BestPrompt)}
-        return {**{f.name: copy.copy(getattr(self, f.name)) for f in dataclasses.fields(self)}, "best": best}
+        return {**state, "best": best}
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> LoopState:
