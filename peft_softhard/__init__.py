@@ -27,6 +27,7 @@ from .files import checkpoint, export_prompt_tuning, kobold  # noqa: E402
 from .method import SoftHardConfig, SoftHardPromptEncoder, nearest_tokens  # noqa: E402
 from .objectives import (  # noqa: E402
     ClassificationObjective,
+    DistillationObjective,
     Objective,
     SequenceClassificationObjective,
     TargetTextObjective,
@@ -51,6 +52,7 @@ __all__ = [
     "BASE_ADAPTER",
     "BestHardPromptCallback",
     "ClassificationObjective",
+    "DistillationObjective",
     "DiscoveryConfig",
     "DiscoveryResult",
     "EnsembleScores",

@@ -107,3 +107,21 @@ def test_quality_benchmark_tiny_run(tmp_path):
     assert gcg["search_seconds"] >= pez["search_seconds"]  # GCG ran (at least) PEZ's wall time
     again = run_benchmark("quality", tmp_path, *arguments)  # every row done: the rerun only reports
     assert again["records"] == results["records"]
+
+
+def test_settings_benchmark_tiny_run(tmp_path):
+    records = run_benchmark("settings", tmp_path, "--tiny", "--work-dir", str(tmp_path / "work"))["records"]
+    trained = [r for r in records if r["row"] != "manual template alone"]
+    assert len(trained) == 10 and all(0 <= r["eval"] <= 1 for r in records)
+    for record in trained:  # step 0 is scored, so the chosen step is never worse on validation than the start
+        assert record["score_history"][0][0] == 0 and record["validation"] >= record["score_history"][0][1]
+
+
+def test_pez_reference_benchmark_tiny_run(tmp_path):
+    work = tmp_path / "work"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "pez_reference.py"), "--tiny", "--steps", "4",
+                             "--work-dir", str(work)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((work / "tiny" / "pez_reference.json").read_text())
+    assert "--preset" in record["command"] and [step for step, _ in record["score_history"]] == [0, 2, 4]
+    assert 0 <= record["eval"]["accuracy"] <= 1

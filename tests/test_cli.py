@@ -37,14 +37,14 @@ def test_train_eval_project_export_import_round(capsys, files, tmp_path):
     trained = softhard(capsys, "train", *model, *task_args(files), "--num-virtual-tokens", "2", "3", "--steps", "4",
                        "--eval-interval", "2", "--batch-size", "4", "--output-dir", str(tmp_path / "train"))
     assert [run["num_virtual_tokens"] for run in trained["runs"]] == [2, 3]
-    assert all(0 <= run["best_score"] <= 1 for run in trained["runs"])
+    assert all(0 <= run["validation_accuracy"] <= 1 for run in trained["runs"])
     assert (tmp_path / "train" / "training_curves.png").stat().st_size > 1000
     assert (tmp_path / "train" / "accuracy_vs_length.png").stat().st_size > 1000
     adapter = trained["runs"][0]["adapter"]
 
     scored = softhard(capsys, "eval", *model, *task_args(files), "--adapter", adapter)
     assert scored["examples"] == 12 and set(scored) >= {"accuracy", "macro_f1", "examples_per_second"}
-    assert scored["accuracy"] == trained["runs"][0]["best_score"]  # the same prompt scored the same way
+    assert scored["accuracy"] == trained["runs"][0]["eval"]["accuracy"]  # the same prompt scored the same way
     text = softhard(capsys, "eval", *model, *task_args(files), "--prompt-text", " Review:")
     bare = softhard(capsys, "eval", *model, *task_args(files))
     assert text["evaluated"] == "prompt text ' Review:'" and bare["evaluated"] == "no prompt"
@@ -78,10 +78,10 @@ def test_train_a_soft_prompt_with_a_classification_head(capsys, files, tmp_path)
     result = softhard(capsys, "train", "--model", str(files / "tiny-bert"), "--task-type", "SEQ_CLS",
                       *task_args(files), "--num-virtual-tokens", "3", "--steps", "3", "--batch-size", "4",
                       "--eval-interval", "3", "--output-dir", str(tmp_path))
-    assert 0 <= result["runs"][0]["best_score"] <= 1
+    assert 0 <= result["runs"][0]["validation_accuracy"] <= 1
     scored = softhard(capsys, "eval", "--model", str(files / "tiny-bert"), *task_args(files),
                       "--adapter", result["runs"][0]["adapter"])
-    assert scored["accuracy"] == result["runs"][0]["best_score"]
+    assert scored["accuracy"] == result["runs"][0]["eval"]["accuracy"]
 
 
 @pytest.mark.parametrize(("model", "task_type"), [("tiny-gpt2", "CAUSAL_LM"), ("tiny-bert", "SEQ_CLS")])
@@ -124,7 +124,7 @@ def test_discover(capsys, files, tmp_path, method):
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     scored = softhard(capsys, "eval", "--model", str(files / "tiny-gpt2"), *task_args(files),
                       "--prompt-text", result["text"])
-    assert scored["accuracy"] == result["best_score"]
+    assert scored["accuracy"] == result["eval"]["accuracy"]
 
 
 def kobold_zip(path, members: dict[str, bytes]):

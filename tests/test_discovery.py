@@ -71,7 +71,7 @@ def test_pez_beats_the_same_number_of_random_prompts(planted):
 def test_projected_sgd_runs_in_the_same_interface(planted):
     model, objective = planted
     result = run(model, objective, search("psgd"), prompt_config())
-    assert result.method == "psgd" and len(result.score_history) == 8
+    assert result.method == "psgd" and len(result.score_history) == 9  # step 0, then every 5 of 40 steps
 
 
 @pytest.mark.parametrize("method", ["pez", "gcg"])
@@ -82,8 +82,8 @@ def test_max_seconds_stops_the_search_and_scores_where_it_stopped(planted, metho
                                           num_restarts=3), prompt_config())
     assert 0 < result.steps < 100_000 and len(result.loss_history) == result.steps
     assert result.best_restart == 0  # the limit counts all restarts together
-    assert len(result.score_seconds) == len(result.score_history) == 1  # the one score: where it stopped
-    assert result.score_seconds[0] >= limit
+    assert len(result.score_seconds) == len(result.score_history) == 2  # the start, and where it stopped
+    assert result.score_seconds[0] < limit <= result.score_seconds[1]
     with pytest.raises(ValueError, match="max_seconds must be positive"):
         DiscoveryConfig(max_seconds=0)
 
@@ -91,7 +91,7 @@ def test_max_seconds_stops_the_search_and_scores_where_it_stopped(planted, metho
 def test_score_seconds_count_search_time_only(planted):
     model, objective = planted
     result = run(model, objective, search("pez", steps=20, eval_interval=5), prompt_config())
-    assert len(result.score_seconds) == len(result.score_history) == 4
+    assert len(result.score_seconds) == len(result.score_history) == 5
     assert result.score_seconds == sorted(result.score_seconds) and result.score_seconds[-1] <= result.seconds
 
 
@@ -131,10 +131,10 @@ class ScriptedScores(TargetTextObjective):
 
 def test_run_returns_the_best_projected_prompt_seen_not_the_last(planted):
     model, objective = planted
-    scripted = ScriptedScores(objective.target_ids, [0.2, 0.7, 0.4, 0.7, 0.1, 0.3, 0.2, 0.1])
+    scripted = ScriptedScores(objective.target_ids, [0.1, 0.2, 0.7, 0.4, 0.7, 0.1, 0.3, 0.2, 0.1])
     result = run(model, scripted, search("pez", lr=0.5), prompt_config())
     assert result.best_score == 0.7 and result.best_step == 10
-    assert result.token_ids == scripted.seen[1]
+    assert result.token_ids == scripted.seen[2]
     assert [score for _, score in result.score_history] == scripted.script
 
 
@@ -142,8 +142,8 @@ def test_restarts_and_adafactor(planted):
     model, objective = planted
     result = run(model, objective, search("pez", steps=10, num_restarts=2, optimizer="adafactor", lr=0.3),
                  prompt_config())
-    assert len(result.score_history) == 4 and result.steps == 20
-    assert [step for step, _ in result.score_history] == [5, 10, 15, 20]
+    assert len(result.score_history) == 6 and result.steps == 20
+    assert [step for step, _ in result.score_history] == [0, 5, 10, 10, 15, 20]  # each restart scores its start
     assert result.best_restart in (0, 1)
 
 

@@ -49,4 +49,4 @@ def test_two_processes_give_the_one_process_result(files, tmp_path, run, launche
     else:
         one = json.loads((tmp_path / "one" / "result.json").read_text())
         two = json.loads((tmp_path / "two" / "result.json").read_text())
-        assert one["token_ids"] == two["token_ids"] and one["best_score"] == two["best_score"]
+        assert one["token_ids"] == two["token_ids"] and one["validation_accuracy"] == two["validation_accuracy"]

@@ -38,10 +38,12 @@ def test_the_built_wheel_installs_in_a_fresh_environment_and_runs_the_demo(tmp_p
     environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     environment["PEFT_SOFTHARD_CACHE"] = str(tmp_path / "cache")  # convert the GGUF file, as a new machine does
     result = run([tmp_path / "venv" / "bin" / "softhard", "demo", "--train-rows", "16", "--eval-rows", "8",
+                  "--validation-rows", "6",
                   "--soft-steps", "2", "--hard-steps", "2", "--batch-size", "4", "--data-dir", SHARED / "data",
                   "--output-dir", tmp_path / "out", "--json"], cwd=tmp_path, env=environment)  # not the checkout
     report = json.loads(result.stdout)
-    assert report["eval_rows"] == 8 and report["train_rows"] == 16
+    assert (report["eval_rows"], report["train_rows"], report["validation_rows"]) == (8, 16, 6)
+    assert report["hard_minus_manual"] == round(report["hard"]["accuracy"] - report["manual"]["accuracy"], 4)
     for key in ("manual", "soft", "hard"):
         assert 0 <= report[key]["accuracy"] <= 1
     assert report["hard_round_trips"] is True and len(report["hard_token_ids"]) == 5

@@ -68,21 +68,22 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(tmp_path, sent
         assert torch.equal(ours["token_ids"], theirs["token_ids"])
 
 
-@pytest.mark.parametrize("method", ["pez", "gcg"])
-def test_interrupted_discovery_resumes_to_the_uninterrupted_result(tmp_path, sentiment, method):
+@pytest.mark.parametrize(("method", "at_call"), [("pez", 17), ("gcg", 17), ("pez_refine", 17), ("pez_refine", 22)])
+def test_interrupted_discovery_resumes_to_the_uninterrupted_result(tmp_path, sentiment, method, at_call):
     model = build(lambda: tiny_gpt2(initializer_range=0.3))
     objective = sentiment  # every prompt position matters here, so any lost state would show
     config = DiscoveryConfig(method=method, steps=12, batch_size=4, eval_interval=2, num_restarts=2, lr=0.05,
-                             gcg_top_k=8, gcg_candidates=8, show_progress=False)
+                             gcg_top_k=8, gcg_candidates=8, buffer_size=2, n_replace=2, show_progress=False)
     prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
     expected = run(model, objective, config, prompt)
 
     with pytest.raises(KeyboardInterrupt):
-        run(model, Interrupting(objective, at_call=17), config, prompt, checkpoint_dir=str(tmp_path),
+        run(model, Interrupting(objective, at_call=at_call), config, prompt, checkpoint_dir=str(tmp_path),
             checkpoint_interval=5)
     assert has_checkpoint(tmp_path)
     saved = load_checkpoint(tmp_path)["loop"]
-    assert (saved["restart"], saved["step"]) == (1, 4)  # call 17 is step 5 of the second restart
+    # call 17 is step 5 of the second restart (pez_refine: still PEZ), call 22 step 10 (refining since step 6)
+    assert (saved["restart"], saved["step"]) == (1, at_call - 13)
     result = run(model, objective, config, prompt, checkpoint_dir=str(tmp_path), resume=True)
     assert result.token_ids == expected.token_ids and result.best_score == expected.best_score
     assert result.score_history == expected.score_history

@@ -18,6 +18,7 @@ the library and prints: a mistake is reported before anything slow has run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -50,10 +51,32 @@ def _task(args):
     return type(task)(**{**task.to_dict(), "template": args.template}) if args.template else task
 
 
-def _data(args, task):
+def _data(args, task, for_training: bool = False):
+    """The task's rows: train, validation (carved from train; chooses the best step) and eval (reported once)."""
     from .tasks import load_task_data
 
-    return load_task_data(task, args.max_train, args.max_eval, args.seed, args.data_dir)
+    data = load_task_data(task, args.max_train, args.max_eval, args.seed, args.data_dir,
+                          getattr(args, "validation_rows", 1))
+    if for_training and not data.has_train:
+        raise ValueError(f"Task {task.name!r} has no train split to train on and to carve validation rows from: "
+                         "give --train-file.")
+    return data
+
+
+def _check_init(args) -> None:
+    """The `--init` options that are wrong whatever the task and model are."""
+    if args.init == "soft" and not getattr(args, "init_adapter", None):
+        raise ValueError("--init soft needs --init-adapter: the folder of a trained soft prompt (out/train/n10/best).")
+    if args.init == "text" and not args.init_text:
+        raise ValueError("--init text needs --init-text 'the text the prompt starts from'.")
+
+
+def _with_init(prompt, args, task, tokenizer):
+    """`prompt` (a SoftHardConfig) starting where `--init` says (the task's instruction, its label words, ...)."""
+    from .tasks import prompt_init
+
+    fields = prompt_init(task, args.init, tokenizer, prompt.num_virtual_tokens, args.init_text)
+    return dataclasses.replace(prompt, **{"init_text": None, "init_token_ids": None, **fields})
 
 
 def _model(args, task_type: str, default: str | None = None):
@@ -83,32 +106,41 @@ def cmd_train(args) -> dict:
     from .plots import plot_accuracy_vs_length, plot_training_curves
     from .tasks import task_objective
 
-    prompts = [SoftHardConfig(task_type=args.task_type, num_virtual_tokens=length, mode=args.mode, init=args.init,
-                              init_text=args.init_text, metric=args.metric) for length in args.num_virtual_tokens]
-    config = TrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, eval_interval=args.eval_interval,
-                         checkpoint_interval=args.checkpoint_interval, seed=args.seed, show_progress=not args.json)
+    prompts = [SoftHardConfig(task_type=args.task_type, num_virtual_tokens=length, mode=args.mode, metric=args.metric)
+               for length in args.num_virtual_tokens]  # checked now; their init once the tokenizer is loaded
+    _check_init(args)
+    config = TrainConfig(steps=args.steps, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,
+                         eval_interval=args.eval_interval, checkpoint_interval=args.checkpoint_interval,
+                         seed=args.seed, show_progress=not args.json)
     task = _task(args)
-    data = _data(args, task)
+    data = _data(args, task, for_training=True)
     output = Path(args.output_dir)
     rows, curves, payload, objective = [], {}, {"task": task.name, "runs": []}, None
     for prompt in prompts:
         length = prompt.num_virtual_tokens
         base, tokenizer = _model(args, args.task_type)  # a fresh base model per prompt: peft wraps it in place
         objective = objective or task_objective(task, data, tokenizer, args.task_type)  # the same tokenizer each time
+        prompt = _with_init(prompt, args, task, tokenizer)
         torch.manual_seed(args.seed)
         model = get_peft_model(base, prompt)  # the tokenizer for text init comes from the model's folder
         result = train_prompt(model, objective, config, output / f"n{length}", resume=args.resume)
+        # the model holds the best prompt (chosen on the validation rows); the eval rows are scored once, now
+        final = evaluate_prompt(base, objective, model.prompt_encoder["default"].prompt_embeddings().detach())
         curves[f"{args.mode}, {length} tokens"] = (result.loss_history, result.score_history)
-        rows.append([length, result.best_score, result.best_step, result.steps, round(result.seconds, 1)])
-        payload["runs"].append({"num_virtual_tokens": length, "best_score": result.best_score,
-                                "best_step": result.best_step, "adapter": str(output / f"n{length}" / "best"),
+        rows.append([length, result.best_score, result.best_step, final["accuracy"], result.steps,
+                     round(result.seconds, 1)])
+        payload["runs"].append({"num_virtual_tokens": length, "validation_accuracy": result.best_score,
+                                "best_step": result.best_step, "eval": final,
+                                "adapter": str(output / f"n{length}" / "best"),
                                 "score_history": result.score_history, "seconds": result.seconds})
     payload["plots"] = [str(plot_training_curves(curves, output / "training_curves.png"))]
-    if len(prompts) > 1:
-        points = {args.mode: [(r[0], r[1]) for r in rows]}
+    if len(args.num_virtual_tokens) > 1:
+        points = {args.mode: [(r[0], r[3]) for r in rows]}
         payload["plots"].append(str(plot_accuracy_vs_length(points, output / "accuracy_vs_length.png")))
-    text = table(["tokens", "best held-out accuracy", "at step", "steps", "seconds"], rows)
-    _print(args, payload, f"{text}\nbest adapters: {output}/n*/best   plots: {', '.join(payload['plots'])}")
+    text = table(["tokens", "validation accuracy (chose the step)", "at step", "eval accuracy", "steps", "seconds"],
+                 rows)
+    _print(args, payload, f"{text}\n{_splits_line(data)}\nbest adapters: {output}/n*/best   plots: "
+                          f"{', '.join(payload['plots'])}")
     return payload
 
 
@@ -116,39 +148,62 @@ def cmd_discover(args) -> dict:
     from ..method.config import SoftHardConfig
     from ..optimization.discovery import DiscoveryConfig, run
     from .plots import plot_training_curves
-    from .tasks import task_objective
 
     prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.num_virtual_tokens, mode="hard",
-                            init=args.init, init_text=args.init_text, metric=args.metric,
-                            ascii_only=args.ascii_only, word_start_only=args.word_start_only,
-                            round_trip_only=args.round_trip_only)
-    config = DiscoveryConfig(method=args.method, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                            metric=args.metric, ascii_only=args.ascii_only, word_start_only=args.word_start_only,
+                            round_trip_only=args.round_trip_only)  # its init once the tokenizer is loaded
+    _check_init(args)
+    config = DiscoveryConfig(method=args.method, steps=args.steps, lr=args.lr, optimizer=args.optimizer,
+                             weight_decay=args.weight_decay, batch_size=args.batch_size,
                              eval_interval=args.eval_interval, num_restarts=args.restarts, seed=args.seed,
-                             fluency_weight=args.fluency_weight, gcg_top_k=args.top_k,
-                             gcg_candidates=args.candidates, optimizer=args.optimizer, max_seconds=args.max_seconds,
-                             show_progress=not args.json)
+                             fluency_weight=args.fluency_weight, gcg_top_k=args.top_k, gcg_candidates=args.candidates,
+                             buffer_size=args.buffer_size, n_replace=args.n_replace, refine_share=args.refine_share,
+                             max_seconds=args.max_seconds, show_progress=not args.json)
     task = _task(args)
-    data = _data(args, task)
+    data = _data(args, task, for_training=True)
     base, tokenizer = _model(args, "CAUSAL_LM")
-    objective = task_objective(task, data, tokenizer)
+    prompt = _with_init(prompt, args, task, tokenizer)
+    objective, start = _discovery_objective(args, task, data, tokenizer)
     output = Path(args.output_dir)
     result = run(base, objective, config, prompt, tokenizer, checkpoint_dir=str(output / "checkpoint"),
-                 checkpoint_interval=args.checkpoint_interval, resume=args.resume)
+                 checkpoint_interval=args.checkpoint_interval, resume=args.resume, init_prompt=start)
     save_adapter_atomically(result.to_peft_model(base), output / "adapter")
     write_text_atomically(output / "prompt.txt", result.text or "")
-    payload = {"task": task.name, "method": result.method, "text": result.text, "token_ids": result.token_ids,
-               "best_score": result.best_score, "best_step": result.best_step, "round_trips": result.round_trips,
-               "perplexity": result.perplexity, "seconds": result.seconds, "notes": result.notes,
-               "score_history": result.score_history, "adapter": str(output / "adapter")}
+    final = evaluate_prompt(base, objective, torch.tensor(result.token_ids))  # the eval rows, scored once
+    payload = {"task": task.name, "method": result.method, "init": args.init, "text": result.text,
+               "token_ids": result.token_ids, "validation_accuracy": result.best_score, "best_step": result.best_step,
+               "start_validation_accuracy": result.score_history[0][1], "eval": final,
+               "round_trips": result.round_trips, "perplexity": result.perplexity, "seconds": result.seconds,
+               "notes": result.notes, "score_history": result.score_history, "adapter": str(output / "adapter")}
     write_text_atomically(output / "result.json", json.dumps(payload, indent=2))
     payload["plots"] = [str(plot_training_curves({result.method: (result.loss_history, result.score_history)},
                                                  output / "training_curves.png"))]
-    text = table(["method", "prompt", "best held-out accuracy", "at step", "round trips", "seconds"],
-                 [[result.method, result.text, result.best_score, result.best_step, result.round_trips,
-                   round(result.seconds, 1)]])
+    text = table(["method", "prompt", "validation accuracy (start -> chosen)", "at step", "eval accuracy",
+                  "round trips", "seconds"],
+                 [[result.method, result.text, f"{result.score_history[0][1]:.4f} -> {result.best_score:.4f}",
+                   result.best_step, final["accuracy"], result.round_trips, round(result.seconds, 1)]])
     notes = "".join(f"\nnote: {n}" for n in result.notes)
-    _print(args, payload, f"{text}{notes}\nadapter: {output / 'adapter'}")
+    _print(args, payload, f"{text}\n{_splits_line(data)}{notes}\nadapter: {output / 'adapter'}")
     return payload
+
+
+def _discovery_objective(args, task, data, tokenizer):
+    """The task's objective (distilled from a soft prompt with --distill-from), and the vectors a search starts
+    from (--init soft), or None."""
+    from ..files import read_prompt_vectors
+    from ..objectives import DistillationObjective
+    from .tasks import task_objective
+
+    objective = task_objective(task, data, tokenizer)
+    start = read_prompt_vectors(args.init_adapter) if args.init == "soft" else None
+    if args.distill_from:
+        objective = DistillationObjective(objective, read_prompt_vectors(args.distill_from))
+    return objective, start
+
+
+def _splits_line(data) -> str:
+    return (f"rows: {len(data.train[0])} train, {len(data.validation[0])} validation (carved from the train split; "
+            f"they chose the step), {len(data.evaluation[0])} eval (scored once, by the chosen prompt)")
 
 
 def cmd_eval(args) -> dict:
@@ -205,7 +260,7 @@ def _eval_ensemble(args, task, data) -> dict:
     names = {f"member{i}": folder for i, folder in enumerate(args.ensemble)}  # folder names may repeat ("best")
     model = load_adapters(base, names)
     started = time.time()
-    scores = score_ensemble(model, task_objective(task, data, tokenizer, task_type), list(names))
+    scores = score_ensemble(model, task_objective(task, data, tokenizer, task_type), list(names), split="eval")
     seconds = time.time() - started
     labels, rows = scores.labels, []
     for name, predictions in scores.member_predictions().items():
@@ -274,14 +329,16 @@ def cmd_demo(args) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ parser
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
+    """The `softhard` parser; `preset` (of `softhard discover --preset`) sets that command's defaults."""
     parser = argparse.ArgumentParser(prog="softhard", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n")[1])
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_discover, _add_eval, _add_project, _add_export, _add_import, _add_demo):
+    for add in (_add_train, _add_eval, _add_project, _add_export, _add_import, _add_demo):
         add(commands)
+    _add_discover(commands, preset)
     return parser
 
 
@@ -292,33 +349,68 @@ def _add_train(commands) -> None:
     train.add_argument("--mode", default="soft", choices=["soft", "hard"], help="default %(default)s")
     train.add_argument("--num-virtual-tokens", type=int, nargs="+", default=[10],
                        help="prompt length; several values train one prompt each and plot score vs length")
-    _add_prompt_init(train)
+    # the task's instruction: the best start on validation rows (benchmarks/settings.py; lr 3e-3 was best too)
+    _add_prompt_init(train, default="manual")
     _add_optimisation(train, lr=3e-3, eval_interval=50)
+    train.add_argument("--optimizer", default="adamw", choices=["adamw", "adafactor"], help="default %(default)s")
     _add_output(train, "out/train")
     train.set_defaults(handler=cmd_train)
 
 
-def _add_discover(commands) -> None:
-    from ..optimization.discovery import METHODS
+# PEZ from the task's instruction with Adafactor at lr 0.3: the best search on validation rows in
+# benchmarks/demo_settings.py (AdamW 0.1/0.03 from random tokens, 0.1.0's defaults, never beat its start).
+DISCOVER_DEFAULTS = {"method": "pez", "num_virtual_tokens": 10, "init": "manual", "steps": 200, "lr": 0.3,
+                     "optimizer": "adafactor", "weight_decay": 0.0, "batch_size": 16, "eval_interval": 100,
+                     "validation_rows": 500, "max_train": 2000}
 
-    discover = commands.add_parser("discover", help="discover a hard prompt (PEZ, projected SGD or GCG)",
+
+def discover_defaults(preset: str | None) -> dict:
+    """`softhard discover`'s defaults, or a preset's (`--preset`; explicit options still win)."""
+    from ..optimization.discovery import PRESETS
+
+    if preset is None:
+        return DISCOVER_DEFAULTS
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}: choose one of {', '.join(PRESETS)}.")
+    # the reference's own init and selection rows; it trains on the rest of the train split
+    return {**DISCOVER_DEFAULTS, **PRESETS[preset], "init": "labels", "validation_rows": 5000, "max_train": None}
+
+
+def _add_discover(commands, preset: str | None = None) -> None:
+    from ..optimization.discovery import METHODS, PRESETS
+
+    defaults = discover_defaults(preset)
+    discover = commands.add_parser("discover", help="discover a hard prompt (PEZ, PEZ + refinement, GCG, ...)",
                                    description="Search for the best prompt of real tokens; --resume continues.")
     _add_model_and_task(discover, task_type=False)
-    discover.add_argument("--method", default="pez", choices=list(METHODS), help="default %(default)s")
-    discover.add_argument("--num-virtual-tokens", type=int, default=10, help="default %(default)s")
-    _add_prompt_init(discover)
-    _add_optimisation(discover, lr=0.1, eval_interval=25)
-    discover.add_argument("--optimizer", default="adamw", choices=["adamw", "adafactor"], help="default %(default)s")
+    discover.add_argument("--preset", choices=list(PRESETS),
+                          help="a named setting: pez-reference is the PEZ paper's language-model code (Adafactor "
+                               "lr 0.3, 5000 steps of 16, label-word init, 5000 validation rows)")
+    discover.add_argument("--method", choices=list(METHODS), help="default %(default)s")
+    discover.add_argument("--num-virtual-tokens", type=int, help="default %(default)s")
+    _add_prompt_init(discover, soft=True)
+    _add_optimisation(discover, lr=defaults["lr"], eval_interval=defaults["eval_interval"])
+    discover.add_argument("--optimizer", choices=["adamw", "adafactor"], help="default %(default)s")
+    discover.add_argument("--weight-decay", type=float, help="default %(default)s")
     discover.add_argument("--restarts", type=int, default=1, help="default %(default)s")
     discover.add_argument("--fluency-weight", type=float, default=0.0, help="λ of the fluency loss (default 0)")
     discover.add_argument("--top-k", type=int, default=64, help="GCG: tokens per position (default %(default)s)")
     discover.add_argument("--candidates", type=int, default=64, help="GCG: swaps per step (default %(default)s)")
+    discover.add_argument("--buffer-size", type=int, default=0,
+                          help="GCG/pez_refine: best prompts kept and rescored each step (default %(default)s)")
+    discover.add_argument("--n-replace", type=int, default=1,
+                          help="GCG/pez_refine: positions changed per candidate (default %(default)s)")
+    discover.add_argument("--refine-share", type=float, default=0.5,
+                          help="pez_refine: share of the steps spent refining (default %(default)s)")
+    discover.add_argument("--distill-from", metavar="ADAPTER",
+                          help="a trained soft prompt: match its class distribution on the training rows (KL) "
+                               "instead of the labels; validation still chooses by accuracy")
     discover.add_argument("--max-seconds", type=float, help="stop after this much search time (scoring not counted)")
     discover.add_argument("--ascii-only", action="store_true", help="only printable-ASCII tokens")
     discover.add_argument("--word-start-only", action="store_true", help="only tokens that start a word")
     discover.add_argument("--round-trip-only", action="store_true", help="only tokens that re-encode as themselves")
     _add_output(discover, "out/discover")
-    discover.set_defaults(handler=cmd_discover)
+    discover.set_defaults(handler=cmd_discover, **{k: v for k, v in defaults.items() if k != "eval_interval"})
 
 
 def _add_eval(commands) -> None:
@@ -373,14 +465,18 @@ def _add_import(commands) -> None:
 
 
 def _add_demo(commands) -> None:
-    demo = commands.add_parser("demo", help="the main job: manual vs soft vs hard prompts on SST-2 (~6 min)",
+    demo = commands.add_parser("demo", help="the main job: manual vs soft vs hard prompts on SST-2 (~7 min)",
                                description="On the embedded default model and SST-2: the manual prompt's accuracy, "
                                            "a trained soft prompt, a discovered hard prompt, the soft prompt's "
-                                           "reading, and a plot of the training curves. Uses data subsets.")
+                                           "reading, and a plot of the training curves. Steps are chosen on "
+                                           "validation rows from the train split; dev rows are scored once.")
     demo.add_argument("--model", default=None, help="default smollm2-135m")
     demo.add_argument("--data-dir", help="folder with sst2/ (default ../shared/data, else the hub)")
     demo.add_argument("--train-rows", type=int, default=1000, help="training subset (default %(default)s)")
-    demo.add_argument("--eval-rows", type=int, default=200, help="dev rows scored (default %(default)s)")
+    demo.add_argument("--validation-rows", type=int, default=150,
+                      help="rows carved from the train split that choose each prompt's step (default %(default)s)")
+    demo.add_argument("--eval-rows", type=int, default=300,
+                      help="a seeded subset of the dev rows, scored once at the end (default %(default)s)")
     demo.add_argument("--soft-steps", type=int, default=60, help="default %(default)s")
     demo.add_argument("--hard-steps", type=int, default=40, help="default %(default)s")
     demo.add_argument("--batch-size", type=int, default=8, help="default %(default)s")
@@ -408,7 +504,11 @@ def _add_model_and_task(parser: argparse.ArgumentParser, task_type: bool = True)
                        help="custom task: one per class in label order (repeat), e.g. --label-word ' no'")
     group.add_argument("--data-dir", help="local copies of the built-in tasks' data (default ../shared/data)")
     group.add_argument("--max-train", type=int, default=2000, help="training examples used (default %(default)s)")
-    group.add_argument("--max-eval", type=int, default=200, help="evaluation examples used (default %(default)s)")
+    group.add_argument("--validation-rows", type=int, default=500,
+                       help="rows carved from the train split (disjoint from training) that choose the best step; "
+                            "the eval split is scored once, at the end (default %(default)s)")
+    group.add_argument("--max-eval", type=int, default=None,
+                       help="a seeded subset of the eval split (default: all of it)")
     group.add_argument("--seed", type=int, default=0, help="seed for subsets, initialisation and batches")
 
 
@@ -427,9 +527,18 @@ def _add_optimisation(parser: argparse.ArgumentParser, lr: float, eval_interval:
     group.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output-dir")
 
 
-def _add_prompt_init(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--init", default="vocab", choices=["vocab", "random", "text"], help="default %(default)s")
+def _add_prompt_init(parser: argparse.ArgumentParser, soft: bool = False, default: str = "vocab") -> None:
+    from .tasks import PROMPT_INITS
+
+    choices = PROMPT_INITS if soft else [init for init in PROMPT_INITS if init != "soft"]
+    parser.add_argument("--init", default=default, choices=choices,
+                        help="where the prompt starts: vocab (random tokens), random, text (--init-text), manual "
+                             "(the task's instruction), labels (the label words repeated)"
+                             + (", soft (a trained soft prompt's reading, --init-adapter)" if soft else "")
+                             + " (default %(default)s)")
     parser.add_argument("--init-text", help="with --init text: the text the prompt starts from")
+    if soft:
+        parser.add_argument("--init-adapter", metavar="ADAPTER", help="with --init soft: a trained soft prompt folder")
     parser.add_argument("--metric", default="cosine", choices=["cosine", "dot", "l2"], help="projection metric")
 
 
@@ -447,8 +556,15 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    if getattr(args, "preset", None):  # parse again with the preset's defaults under the explicit options
+        args = build_parser(args.preset).parse_args(argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     init_from_environment()  # under torchrun / accelerate launch: data parallelism, rank 0 reports and writes
     if not is_main_process():
         os.environ["TQDM_DISABLE"] = "1"

@@ -13,9 +13,11 @@ from ..objectives import ClassifierObjective
 from ..optimization.loop import frozen
 
 
-def evaluate_prompt(model: nn.Module, objective: ClassifierObjective, prompt: torch.Tensor) -> dict[str, Any]:
+def evaluate_prompt(model: nn.Module, objective: ClassifierObjective, prompt: torch.Tensor,
+                    split: str = "eval") -> dict[str, Any]:
     """Accuracy and macro-F1 (through `evaluate`) of one prompt (ids [n] or vectors [n, d]) on the objective's
-    held-out examples, with the examples scored per second.
+    `split` ("eval": the rows that chose nothing; "held_out": the validation rows), with the examples scored
+    per second.
 
     Example:
         ```py
@@ -25,9 +27,9 @@ def evaluate_prompt(model: nn.Module, objective: ClassifierObjective, prompt: to
     """
     started = time.time()
     with frozen(model), torch.no_grad():
-        predictions = objective.predictions(model, prompt)
+        predictions = objective.predictions(model, prompt, split)
     seconds = time.time() - started
-    labels = objective.labels()
+    labels = objective.labels(split)
     return {**compute_metrics(predictions, labels), "examples": len(labels), "seconds": round(seconds, 2),
             "examples_per_second": round(len(labels) / seconds, 1)}
 

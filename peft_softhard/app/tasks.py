@@ -14,11 +14,15 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 # Where built-in tasks look for local copies of their data before falling back to the hub.
 DATA_DIR_ENV = "PEFT_SOFTHARD_DATA"
@@ -47,6 +51,10 @@ class Task:
     splits: dict[str, Source] = field(default_factory=dict)  # "train", "eval", optionally "test"
     hub_splits: dict[str, Source] = field(default_factory=dict)  # used when the local files are absent
     manual_template: str | None = None  # a hand-written zero-shot prompt, for comparison
+    instruction: str | None = None  # what a user would type before the template; `--init manual` starts from it
+    # Validation rows carved from the train split have at least this many words: SST-2's train split holds
+    # sub-sentence phrases (median 7 words), its dev split only sentences (median 19, 90% have 9 or more).
+    validation_min_words: int = 0
 
     @property
     def num_labels(self) -> int:
@@ -144,6 +152,7 @@ def custom_task(
     text_column: str | list[str] = "text",
     label_column: str = "label",
     split: str | None = None,
+    instruction: str | None = None,
     base_dir: Path | None = None,
     **extra: Any,
 ) -> Task:
@@ -164,7 +173,7 @@ def custom_task(
     if not splits:
         raise ValueError("A task needs at least one data split (train and/or eval).")
     columns = [text_column] if isinstance(text_column, str) else list(text_column)
-    return Task(name, list(label_words), template, columns, label_column, splits)
+    return Task(name, list(label_words), template, columns, label_column, splits, instruction=instruction)
 
 
 def _read(source: Source):
@@ -225,6 +234,8 @@ SST2 = Task(
     splits={"train": Source("sst2/train.tsv"), "eval": Source("sst2/dev.tsv")},
     hub_splits={"train": Source("hub:glue:sst2", "train"), "eval": Source("hub:glue:sst2", "validation")},
     manual_template="Review: {text}\nSentiment:",
+    instruction="Classify the sentiment of this movie review as positive or negative.",
+    validation_min_words=10,
 )
 
 AG_NEWS = Task(
@@ -238,6 +249,7 @@ AG_NEWS = Task(
     },
     hub_splits={"train": Source("hub:ag_news", "train"), "eval": Source("hub:ag_news", "test")},
     manual_template="Article: {text}\nTopic:",
+    instruction="Classify the topic of this news article: politics, sports, business or technology.",
 )
 
 BUILT_IN = {task.name: task for task in (SST2, AG_NEWS)}
@@ -254,21 +266,58 @@ def get_task(name_or_path: str) -> Task:
     )
 
 
+# Validation rows carved from the training data to choose the best step. 500: at 80% accuracy one prompt's
+# score then has a standard error of 1.8 points (200 rows: 2.8), and two prompts scored on the same rows
+# differ by less noise than that; scoring them costs about a minute for SmolLM2 on 2 cores.
+DEFAULT_VALIDATION_ROWS = 500
+
+
 @dataclass
 class TaskData:
-    """A task's examples as loaded: (texts, labels) to train on and to score on."""
+    """A task's examples as loaded, each (texts, labels): `train` to train on, `validation` (carved from the
+    train split, disjoint from `train`) to choose the best step, `evaluation` to report once."""
 
     train: tuple[list[str], list[int]]
-    held_out: tuple[list[str], list[int]]
+    validation: tuple[list[str], list[int]] | None
+    evaluation: tuple[list[str], list[int]]
+
+    @property
+    def has_train(self) -> bool:
+        return self.validation is not None
 
 
 def load_task_data(task: Task, max_train: int | None = None, max_eval: int | None = None, seed: int = 0,
-                   data_dir: str | os.PathLike | None = None) -> TaskData:
-    """The train split (the eval split where there is none) and the eval split, each a seeded subset."""
-    held_out = task.load("eval", limit=max_eval, seed=seed, data_dir=data_dir)
-    has_train = "train" in task.splits or "train" in task.hub_splits
-    train = task.load("train", limit=max_train, seed=seed, data_dir=data_dir) if has_train else held_out
-    return TaskData(train, held_out)
+                   data_dir: str | os.PathLike | None = None,
+                   validation_rows: int = DEFAULT_VALIDATION_ROWS) -> TaskData:
+    """The eval split (a seeded subset of `max_eval` rows; None: all) and, where the task has a train split,
+    `validation_rows` rows of it for validation and up to `max_train` others to train on (seeded, disjoint).
+    Without a train split only the eval split is loaded (train = eval, to score prompts; nothing to train on)."""
+    evaluation = task.load("eval", limit=max_eval, seed=seed, data_dir=data_dir)
+    if "train" not in task.splits and "train" not in task.hub_splits:
+        return TaskData(evaluation, None, evaluation)
+    if not isinstance(validation_rows, int) or validation_rows < 1:
+        raise ValueError(f"validation_rows must be a positive integer, got {validation_rows!r}.")
+    texts, labels = task.load("train", data_dir=data_dir)
+    validation, train = carve_validation(texts, validation_rows, seed, task.validation_min_words)
+    if max_train is not None and max_train < len(train):
+        train = sorted(random.Random(seed).sample(train, max_train))
+    return TaskData(([texts[i] for i in train], [labels[i] for i in train]),
+                    ([texts[i] for i in validation], [labels[i] for i in validation]), evaluation)
+
+
+def carve_validation(texts: list[str], rows: int, seed: int, min_words: int = 0) -> tuple[list[int], list[int]]:
+    """(validation indices, the other indices): `rows` seeded rows of at least `min_words` words (at most a
+    fifth of the data, so that most of it is left to train on)."""
+    if len(texts) < 5:
+        raise ValueError(f"The train split has {len(texts)} rows: too few to hold out validation rows; give at "
+                         "least 5 training rows.")
+    eligible = [i for i, text in enumerate(texts) if len(text.split()) >= min_words] or list(range(len(texts)))
+    share = min(rows, len(texts) // 5, len(eligible))
+    if share < rows:
+        logger.warning("Holding out %d validation rows, not %d: the train split has %d rows (%d eligible).", share,
+                       rows, len(texts), len(eligible))
+    chosen = set(random.Random(seed).sample(eligible, share))
+    return sorted(chosen), [i for i in range(len(texts)) if i not in chosen]
 
 
 def task_objective(task: Task, data: TaskData, tokenizer: Any, task_type: str = "CAUSAL_LM",
@@ -276,10 +325,36 @@ def task_objective(task: Task, data: TaskData, tokenizer: Any, task_type: str = 
     """The task as an objective: a causal LM's template and label words, or a SEQ_CLS model's head."""
     from ..objectives import ClassificationObjective, SequenceClassificationObjective
 
-    held_out_texts, held_out_labels = data.held_out
+    splits = {"eval_texts": data.evaluation[0], "eval_labels": data.evaluation[1]}
+    if data.validation is not None:
+        splits.update(held_out_texts=data.validation[0], held_out_labels=data.validation[1])
     if task_type == "SEQ_CLS":
-        return SequenceClassificationObjective(tokenizer, *data.train, num_labels=task.num_labels,
-                                               held_out_texts=held_out_texts, held_out_labels=held_out_labels)
+        return SequenceClassificationObjective(tokenizer, *data.train, num_labels=task.num_labels, **splits)
     return ClassificationObjective(tokenizer, *data.train, template=template or task.template,
-                                   label_words=task.label_words, held_out_texts=held_out_texts,
-                                   held_out_labels=held_out_labels)
+                                   label_words=task.label_words, **splits)
+
+
+# `--init` choices: where a prompt starts. "manual": the task's instruction (what a user would type), "labels":
+# the label words repeated (the PEZ reference init), "soft": a trained soft prompt (its vectors; a hard search
+# starts at their reading), the others as `SoftHardConfig.init`.
+PROMPT_INITS = ("vocab", "random", "text", "manual", "labels", "soft")
+
+
+def prompt_init(task: Task, init: str, tokenizer: Any, length: int, init_text: str | None = None) -> dict[str, Any]:
+    """`SoftHardConfig`'s init fields for a `--init` choice (for "soft" the caller loads the vectors)."""
+    if init not in PROMPT_INITS:
+        raise ValueError(f"Unknown init {init!r}: choose one of {', '.join(PROMPT_INITS)}.")
+    if init in ("manual", "labels"):
+        if init == "manual":
+            text = task.instruction or " ".join((task.manual_template or task.template).replace("{text}", " ").split())
+            if not text.strip():
+                raise ValueError(f"Task {task.name!r} has no instruction to start from: use --init text --init-text.")
+            ids = tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
+        else:
+            ids = [i for word in task.label_words for i in tokenizer(word, add_special_tokens=False)["input_ids"]]
+        return {"init": "token_ids", "init_token_ids": (ids * math.ceil(length / len(ids)))[:length]}
+    if init == "soft":
+        return {"init": "vocab"}  # replaced by the soft prompt's vectors
+    if init == "text" and not init_text:
+        raise ValueError("--init text needs --init-text 'the text the prompt starts from'.")
+    return {"init": init, "init_text": init_text}

@@ -1,13 +1,16 @@
-"""Export a SOFTHARD adapter as a plain peft PROMPT_TUNING adapter that stock peft loads with no plugin."""
+"""Export a SOFTHARD adapter as a plain peft PROMPT_TUNING adapter that stock peft loads with no plugin; read
+the prompt vectors of a saved adapter folder (ours or stock PROMPT_TUNING) without building a model."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
+import torch
 from peft import PromptTuningConfig
 from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from ..method.encoder import ALLOWED_KEY, CONTINUOUS_KEY, TOKEN_IDS_KEY
 from ..peft_boundary.adapters import softhard_adapter
@@ -50,3 +53,16 @@ def export_prompt_tuning(peft_model: Any, save_directory: str, adapter_name: str
 
     write_directory_atomically(save_directory, write)
     return save_directory
+
+
+def read_prompt_vectors(adapter_dir: str | os.PathLike) -> torch.Tensor:
+    """[n, d] the prompt vectors the model sees, from a saved SOFTHARD or PROMPT_TUNING adapter folder."""
+    path = Path(adapter_dir) / SAFETENSORS_WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"No {SAFETENSORS_WEIGHTS_NAME} in {adapter_dir}: give a saved adapter folder "
+                                "(e.g. out/train/n10/best).")
+    tensors = load_file(str(path))
+    if "prompt_embeddings" not in tensors:
+        raise ValueError(f"{path} holds no prompt ({sorted(tensors)[:5]}...): give a SOFTHARD or PROMPT_TUNING "
+                         "adapter.")
+    return tensors["prompt_embeddings"].float()

@@ -4,6 +4,7 @@
   (`ClassifierObjective`);
 - `scoring`: the engine they run on (rows after a prompt, batched, cached);
 - `classification`, `target_text`: the tasks;
+- `distillation`: a classification task's loss replaced by matching a teacher prompt's answers;
 - `fluency`: the loss of a prompt's own tokens.
 
 Example:
@@ -14,8 +15,9 @@ Example:
 """
 
 from .classification import ClassificationObjective, SequenceClassificationObjective
+from .distillation import DistillationObjective
 from .interface import ClassifierObjective, Objective
 from .target_text import TargetTextObjective
 
-__all__ = ["ClassificationObjective", "ClassifierObjective", "Objective", "SequenceClassificationObjective",
-           "TargetTextObjective"]
+__all__ = ["ClassificationObjective", "ClassifierObjective", "DistillationObjective", "Objective",
+           "SequenceClassificationObjective", "TargetTextObjective"]

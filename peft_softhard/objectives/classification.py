@@ -35,7 +35,8 @@ class ClassificationObjective(ClassifierObjective):
         ```py
         >>> objective = ClassificationObjective(
         ...     tokenizer, texts, labels, template=" {text} It was", label_words=[" bad", " good"],
-        ...     held_out_texts=dev_texts, held_out_labels=dev_labels)  # doctest: +SKIP
+        ...     held_out_texts=validation_texts, held_out_labels=validation_labels,  # choose the step
+        ...     eval_texts=test_texts, eval_labels=test_labels)                       # report once  # doctest: +SKIP
         ```
     """
 
@@ -49,6 +50,8 @@ class ClassificationObjective(ClassifierObjective):
         label_words: Sequence[str],
         held_out_texts: Sequence[str] | None = None,
         held_out_labels: Sequence[int] | None = None,
+        eval_texts: Sequence[str] | None = None,
+        eval_labels: Sequence[int] | None = None,
     ) -> None:
         if "{text}" not in template:
             raise ValueError(f"The template must contain '{{text}}', got {template!r}.")
@@ -63,6 +66,7 @@ class ClassificationObjective(ClassifierObjective):
         self.first_label_ids = torch.tensor([ids[0] for ids in self.label_ids])
         self.train = self._encode(texts, labels, template)
         self.held_out = self._encode(held_out_texts, held_out_labels, template) if held_out_texts else None
+        self.evaluation = self._encode(eval_texts, eval_labels, template) if eval_texts else None
         self.num_train = len(self.train[0])
         self.has_held_out = self.held_out is not None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -106,6 +110,18 @@ class ClassificationObjective(ClassifierObjective):
     def loss(self, model, prompt_embeds, indices):
         examples, labels = self.training_batch(indices, module_device(model))
         return F.cross_entropy(self._class_log_probs(model, prompt_embeds, examples), labels)
+
+    def class_log_probs(self, model, prompt_embeds: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
+        """[examples, classes] log-probabilities over the classes of the training examples `indices` after one
+        prompt [n, d] (differentiable)."""
+        examples, _ = self.training_batch(indices, module_device(model))
+        return self._class_log_probs(model, prompt_embeds, examples).float().log_softmax(-1)
+
+    def candidate_class_log_probs(self, model, prompts: torch.Tensor, indices: Sequence[int],
+                                  max_rows: int = DEFAULT_EVAL_ROWS) -> torch.Tensor:
+        """[C, examples, classes] the same for C token prompts [C, n], without gradients."""
+        examples, _ = self.training_batch(indices, module_device(model))
+        return self._candidate_class_log_probs(model, prompts, examples, max_rows).float().log_softmax(-1)
 
     def _candidate_class_log_probs(self, model, prompts, examples, max_rows, **speed: bool) -> torch.Tensor:
         """[C, examples, classes] for C prompts; `speed`: the switches of `candidate_target_log_probs`."""
@@ -153,10 +169,11 @@ class SequenceClassificationObjective(ClassifierObjective):
     accuracy. The prompt is prepended to the embedded input, as a SEQ_CLS SOFTHARD adapter does."""
 
     def __init__(self, tokenizer, texts, labels, *, num_labels: int, held_out_texts=None, held_out_labels=None,
-                 max_length: int = 128) -> None:
+                 eval_texts=None, eval_labels=None, max_length: int = 128) -> None:
         self.tokenizer, self.num_labels, self.max_length = tokenizer, num_labels, max_length
         self.train = self._encode(texts, labels)
         self.held_out = self._encode(held_out_texts, held_out_labels) if held_out_texts else None
+        self.evaluation = self._encode(eval_texts, eval_labels) if eval_texts else None
         self.num_train = len(self.train[0])
         self.has_held_out = self.held_out is not None
 

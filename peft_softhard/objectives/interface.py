@@ -7,7 +7,11 @@ An objective turns a prompt into numbers, three ways:
 - `candidate_losses(model, prompt_ids, indices)`: the same loss for many token prompts at once ([C, n]),
   without gradients — GCG scores its candidate swaps with it;
 - `score(model, prompt)`: how good one prompt (token ids, or vectors for a soft prompt) is on the held-out
-  examples (higher is better), or minus its loss on all training examples when there are none.
+  (validation) examples (higher is better), or minus its loss on all training examples when there are none.
+  The loop picks its best step by it.
+A classification objective has three splits: "train" (the loss), "held_out" (validation: what `score` and
+so the choice of step sees) and, optionally, "eval" (scored once, by the chosen prompt, for the number
+reported: rows that chose nothing).
 A classification objective (`ClassifierObjective`) also gives each example's predicted class, its labels,
 and the class log-probabilities of several adapters at once (for ensembles).
 """
@@ -23,7 +27,7 @@ from torch import nn
 from ..metrics import accuracy
 from .scoring import DEFAULT_EVAL_ROWS
 
-SPLITS = ("held_out", "train")
+SPLITS = ("held_out", "train", "eval")
 
 
 class Objective:
@@ -50,19 +54,21 @@ class Objective:
 class ClassifierObjective(Objective):
     """An objective whose examples are texts with class labels; its score is accuracy.
 
-    Subclasses set `train` and `held_out` (None without held-out examples) to (examples, labels) and implement
+    Subclasses set `train`, `held_out` and `evaluation` (None where absent) to (examples, labels) and implement
     `predictions` and `member_log_probs`."""
 
     train: tuple[list[Any], list[int]]
     held_out: tuple[list[Any], list[int]] | None
+    evaluation: tuple[list[Any], list[int]] | None = None
 
     def split(self, split: str = "held_out") -> tuple[list[Any], list[int]]:
-        """(examples, labels) of "held_out" or "train"."""
+        """(examples, labels) of "held_out" (validation), "train" or "eval"."""
         if split not in SPLITS:
             raise ValueError(f"Unknown split {split!r}: choose one of {', '.join(SPLITS)}.")
-        chosen = self.held_out if split == "held_out" else self.train
+        chosen = {"held_out": self.held_out, "train": self.train, "eval": self.evaluation}[split]
         if chosen is None:
-            raise ValueError("This objective has no held-out examples; give held_out_texts and held_out_labels.")
+            given = {"held_out": "held_out_texts and held_out_labels", "eval": "eval_texts and eval_labels"}[split]
+            raise ValueError(f"This objective has no {split!r} examples; give {given}.")
         return chosen
 
     def training_batch(self, indices: Sequence[int], device: torch.device) -> tuple[list[Any], torch.Tensor]:

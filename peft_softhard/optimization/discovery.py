@@ -5,7 +5,11 @@ projection onto the allowed tokens and its gradient is applied to P itself (stra
 drift between tokens until a better one becomes nearest. The best *projected* prompt seen is returned.
 Projected SGD ("AutoPrompt_SGD" in the paper) is the same step followed by P <- projection(P).
 GCG (Zou et al. 2023): rank token swaps by the gradient at the one-hot prompt, score a batch of random
-single swaps exactly, keep the best.
+swaps exactly, keep the best; with nanoGCG's `buffer_size` (the best prompts so far, rescored on every
+step's batch with the new candidates, the step continuing from the best) and `n_replace` (positions changed
+per candidate) it is an exact refinement over a dataset, not one (message, target) pair.
+PEZ + refinement ("pez_refine"): PEZ for the first steps, then that refinement from PEZ's prompt — PEZ moves
+far cheaply, the exact swaps then fix what the straight-through gradient cannot see.
 
 Each method is a strategy of the one loop (`loop.optimize`: batches, scoring, the best prompt, checkpoints,
 resume, time limits): a class with a `step` registered in `METHODS`. A new method is its step, nothing else.
@@ -36,38 +40,65 @@ from ..method.encoder import SoftHardPromptEncoder
 from ..method.projection import module_device, nearest_tokens
 from ..objectives import Objective
 from ..objectives.fluency import perplexity, prompt_lm_loss, prompt_lm_losses, with_fluency
-from .loop import LoopConfig, check_positive_ints, frozen, gradient_step, optimize
+from .loop import LoopConfig, check_positive_ints, frozen, gradient_step, make_optimizer, optimize
 
 logger = logging.getLogger(__name__)
-
-OPTIMIZERS = ("adamw", "adafactor")
 
 
 @dataclass
 class DiscoveryConfig(LoopConfig):
     """How to search. What the prompt may be (length, init, metric, vocabulary) is a `SoftHardConfig`."""
 
-    method: str = field(default="pez", metadata={"help": "'pez', 'psgd' (projected SGD) or 'gcg'."})
+    method: str = field(
+        default="pez", metadata={"help": "'pez', 'psgd' (projected SGD), 'gcg' or 'pez_refine' (PEZ, then GCG's "
+                                 "exact refinement)."}
+    )
     steps: int = field(default=500, metadata={"help": "Optimisation steps per restart."})
     lr: float = field(default=0.1, metadata={"help": "Learning rate (PEZ, projected SGD)."})
     weight_decay: float = field(default=0.1, metadata={"help": "Weight decay of the continuous prompt."})
-    optimizer: str = field(default="adamw", metadata={"help": "'adamw' or 'adafactor' (constant lr)."})
     num_restarts: int = field(default=1, metadata={"help": "Independent runs from new initial prompts."})
     fluency_weight: float = field(
         default=0.0, metadata={"help": "λ: loss = λ·LM loss of the prompt's own tokens + (1-λ)·task loss."}
     )
     gcg_top_k: int = field(default=64, metadata={"help": "GCG: candidate tokens per position from the gradient."})
     gcg_candidates: int = field(default=64, metadata={"help": "GCG: swaps scored exactly per step."})
+    buffer_size: int = field(
+        default=0,
+        metadata={"help": "GCG / refinement: the best prompts kept and rescored with each step's candidates (0: "
+                  "always take the step's best candidate, as the original GCG)."},
+    )
+    n_replace: int = field(default=1, metadata={"help": "GCG / refinement: positions changed per candidate."})
+    refine_share: float = field(
+        default=0.5, metadata={"help": "pez_refine: the share of the steps given to the exact refinement."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.method not in METHODS:
             raise ValueError(f"Unknown method {self.method!r}: choose one of {', '.join(METHODS)}.")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"Unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}.")
-        check_positive_ints(self, "num_restarts", "gcg_top_k", "gcg_candidates")
+        check_positive_ints(self, "num_restarts", "gcg_top_k", "gcg_candidates", "n_replace")
+        if not isinstance(self.buffer_size, int) or self.buffer_size < 0:
+            raise ValueError(f"buffer_size must be a non-negative integer, got {self.buffer_size!r}.")
+        if not 0.0 < self.refine_share <= 1.0:
+            raise ValueError(f"refine_share must be in (0, 1], got {self.refine_share!r}.")
         if not 0.0 <= self.fluency_weight < 1.0:
             raise ValueError(f"fluency_weight must be in [0, 1), got {self.fluency_weight}.")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> DiscoveryConfig:
+        """A named setting (`PRESETS`), with any field overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}: choose one of {', '.join(PRESETS)}.")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+# The PEZ reference language-model setting (YuxinWenRick/hard-prompts-made-easy, prompt_lm/): Adafactor at a
+# constant lr 0.3, clip 1.0, 5,000 steps of 16, the projected prompt scored every 100 steps. Its init (the
+# label words repeated) and its 5,000 held-out rows are the caller's: `softhard discover --preset` sets them.
+PRESETS: dict[str, dict[str, Any]] = {
+    "pez-reference": {"method": "pez", "optimizer": "adafactor", "lr": 0.3, "weight_decay": 0.0, "steps": 5000,
+                      "batch_size": 16, "eval_interval": 100, "grad_clip": 1.0},
+}
 
 
 @dataclass
@@ -109,6 +140,7 @@ def run(
     checkpoint_dir: str | None = None,
     checkpoint_interval: int = 50,
     resume: bool = False,
+    init_prompt: torch.Tensor | None = None,
 ) -> DiscoveryResult:
     """Search for the hard prompt that does best on `objective`; the model's weights are never changed.
 
@@ -121,6 +153,8 @@ def run(
         checkpoint_dir: where to write a resumable checkpoint every `checkpoint_interval` steps and on
             Ctrl-C or a crash; with `resume=True` the search continues from it and ends as an uninterrupted
             search with the same seed would.
+        init_prompt: [n, d] vectors the continuous prompt starts from (e.g. a trained soft prompt: PEZ then
+            starts at its vectors, the other methods at their projection, its reading); default `prompt.init`.
     """
     config = config or DiscoveryConfig()
     prompt = dataclasses.replace(
@@ -133,6 +167,8 @@ def run(
         torch.manual_seed(config.seed + restart)
         encoder = SoftHardPromptEncoder.for_model(dataclasses.replace(prompt), model, tokenizer)
         encoder.to(module_device(model))
+        if init_prompt is not None:
+            start_from_vectors(encoder, init_prompt)
         return METHODS[config.method](config, model, objective, encoder)
 
     def fluency(ids: torch.Tensor) -> float:  # with a fluency weight, the more natural of two equal prompts wins
@@ -191,7 +227,7 @@ class PEZ(EncoderSearch):
         super().__init__(*args)
         self.continuous = self.encoder.embedding.weight
         self.continuous.requires_grad_(True)
-        self.optimizer = _optimizer(self.config, self.continuous)
+        self.optimizer = make_optimizer(self.config, [self.continuous])
 
     def step(self, indices: list[int]) -> float:
         def losses(local: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,7 +257,11 @@ class ProjectedSGD(PEZ):
 
 
 class GCG(EncoderSearch):
-    """GCG: gradient-ranked single-token swaps, a batch of them scored exactly, the best one kept."""
+    """GCG: gradient-ranked token swaps, a batch of candidates scored exactly, the best kept.
+
+    With `buffer_size` B > 0 the B best prompts are kept: each step's gradient is taken at the best, its
+    candidates and the buffer are scored on the same batch, and the B lowest losses stay (so the prompt in
+    use never gets worse on the batch that judged it). `n_replace` positions change per candidate."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -229,6 +269,7 @@ class GCG(EncoderSearch):
         self.allowed = self.encoder.allowed_token_ids().to(module_device(self.model))
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.top_k = min(self.config.gcg_top_k, self.allowed.numel())
+        self.buffer: list[torch.Tensor] = []  # the best prompts, best first (buffer_size > 0)
 
     def step(self, indices: list[int]) -> float:
         config, model = self.config, self.model
@@ -243,35 +284,86 @@ class GCG(EncoderSearch):
         gradient = combine(gradient, len(local), len(indices))
         # d loss / d one_hot[i, v] = gradient[i] . E_v: the most promising swaps have the largest -gradient . E_v
         ranked, _ = nearest_tokens(-gradient, self.embed, self.allowed, metric="dot", top_k=self.top_k)
-        count = config.gcg_candidates
-        positions = torch.randint(ids.numel(), (count,), generator=self.generator)
-        picks = torch.randint(self.top_k, (count,), generator=self.generator)
-        candidates = ids.repeat(count, 1)
-        candidates[torch.arange(count), positions] = ranked[positions.to(ranked.device), picks.to(ranked.device)]
+        candidates = self.sample_swaps(ids, ranked)
+        if config.buffer_size:  # the buffer competes with its own candidates on this batch
+            candidates = torch.cat([torch.stack(self.buffer or [ids]), candidates]).unique(dim=0)
         candidate_losses = combine(self.objective.candidate_losses(model, candidates, local), len(local), len(indices))
         if config.fluency_weight:
             fluency = prompt_lm_losses(model, candidates)
             candidate_losses = with_fluency(config.fluency_weight, candidate_losses, fluency)
-        self.encoder.set_token_ids(candidates[candidate_losses.argmin()])
+        order = candidate_losses.argsort()
+        self.buffer = [candidates[i] for i in order[: config.buffer_size].tolist()]
+        self.encoder.set_token_ids(candidates[order[0]])
         return global_mean(task_loss.item(), len(local), len(indices))
 
+    def sample_swaps(self, ids: torch.Tensor, ranked: torch.Tensor) -> torch.Tensor:
+        """[C, n] copies of `ids` [n], each with `n_replace` random positions set to a random one of their
+        `top_k` gradient-ranked tokens (`ranked` [n, top_k])."""
+        count, replace = self.config.gcg_candidates, min(self.config.n_replace, ids.numel())
+        if replace == 1:
+            positions = torch.randint(ids.numel(), (count, 1), generator=self.generator)
+        else:  # distinct positions per candidate
+            positions = torch.rand(count, ids.numel(), generator=self.generator).argsort(1)[:, :replace]
+        picks = torch.randint(self.top_k, (count, replace), generator=self.generator)
+        candidates = ids.repeat(count, 1)
+        rows = torch.arange(count)[:, None].expand(-1, replace)
+        candidates[rows, positions] = ranked[positions.to(ranked.device), picks.to(ranked.device)]
+        return candidates
+
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "buffer": [ids.clone() for ids in self.buffer]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+        self.buffer = list(state.get("buffer", []))
 
 
-METHODS: dict[str, type[EncoderSearch]] = {"pez": PEZ, "psgd": ProjectedSGD, "gcg": GCG}
+class PEZRefine(EncoderSearch):
+    """PEZ for the first `1 - refine_share` of the steps, then GCG's exact refinement (with its buffer and
+    n_replace) from the prompt PEZ reached, on the same encoder."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.pez: PEZ | None = PEZ(*args)
+        self.refine: GCG | None = None
+        self.switch_at = round(self.config.steps * (1 - self.config.refine_share))
+        self.taken = 0
+
+    def step(self, indices: list[int]) -> float:
+        if self.taken >= self.switch_at and self.refine is None:
+            self.start_refining()
+        self.taken += 1
+        return (self.refine or self.pez).step(indices)
+
+    def start_refining(self, from_tokens_in_use: bool = True) -> None:
+        if from_tokens_in_use:
+            self.encoder.set_token_ids(self.encoder.current_token_ids().clone())  # P becomes the tokens in use
+        self.encoder.embedding.weight.requires_grad_(False)  # swaps, not gradient steps, change it now
+        self.refine, self.pez = GCG(self.config, self.model, self.objective, self.encoder), None
+
+    def state_dict(self) -> dict[str, Any]:
+        phase = self.refine or self.pez
+        return {"taken": self.taken, "refining": self.refine is not None, "phase": phase.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.taken = state["taken"]
+        if state["refining"]:
+            self.start_refining(from_tokens_in_use=False)  # the checkpoint's prompt is loaded already
+        (self.refine or self.pez).load_state_dict(state["phase"])
 
 
-def _optimizer(config: DiscoveryConfig, parameter: torch.Tensor) -> torch.optim.Optimizer:
-    if config.optimizer == "adafactor":
-        from transformers.optimization import Adafactor
+METHODS: dict[str, type[EncoderSearch]] = {"pez": PEZ, "psgd": ProjectedSGD, "gcg": GCG, "pez_refine": PEZRefine}
 
-        return Adafactor([parameter], lr=config.lr, weight_decay=config.weight_decay, scale_parameter=False,
-                         relative_step=False, warmup_init=False)
-    return torch.optim.AdamW([parameter], lr=config.lr, weight_decay=config.weight_decay)
+
+@torch.no_grad()
+def start_from_vectors(encoder: SoftHardPromptEncoder, vectors: torch.Tensor) -> None:
+    """Put `vectors` [n, d] (e.g. a trained soft prompt) in the encoder's continuous prompt; the tokens in use
+    become their projection onto the allowed tokens."""
+    weight = encoder.embedding.weight
+    if tuple(vectors.shape) != tuple(weight.shape):
+        raise ValueError(f"The starting prompt has shape {tuple(vectors.shape)} but the search's prompt is "
+                         f"{tuple(weight.shape)} (tokens x width): give a prompt of the same length for this model.")
+    weight.copy_(vectors.to(weight))
 
 
 def read_back(tokenizer, token_ids: list[int], prompt: SoftHardConfig) -> tuple[str | None, bool | None, list[str]]:

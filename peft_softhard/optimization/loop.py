@@ -3,8 +3,9 @@
 Every method (soft prompt training, PEZ, projected SGD, GCG, and the benchmarks' stock baselines) is a small
 `Strategy`: how one step changes the prompt. `optimize()` does the rest, the same way for all of them:
 - seeded, replayable mini-batches (`batches`), so a resumed run sees the batches it would have seen;
-- every `eval_interval` steps (and at the last step) the prompt in use is scored, and the best one kept
-  (`BestPrompt`: highest score, then highest tie-break, then the first);
+- the starting prompt (step 0), then every `eval_interval` steps (and the last step) the prompt in use is
+  scored, and the best one kept (`BestPrompt`: highest score, then highest tie-break, then the first): a run
+  never returns a prompt that scores worse than the one it started from;
 - every `checkpoint_interval` steps, and on Ctrl-C or a crash, the state before the step is written to
   `checkpoint_dir` (`LoopState`, the strategy's tensors and state, the random-number state), so a resumed
   run ends where an uninterrupted one would;
@@ -41,6 +42,8 @@ from ..files.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
+OPTIMIZERS = ("adamw", "adafactor")
+
 
 @dataclass
 class LoopConfig:
@@ -57,13 +60,34 @@ class LoopConfig:
                   "counted): compare methods at equal wall time. None: run every step."},
     )
     show_progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    optimizer: str = field(
+        default="adamw",
+        metadata={"help": "'adamw', or 'adafactor' at a constant lr (no relative step, no parameter scaling, no "
+                  "warm-up: the setting of Lester et al. and of the PEZ language-model code)."},
+    )
+    lr: float = field(default=1e-3, metadata={"help": "Learning rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the trained tensors."})
 
     def __post_init__(self) -> None:
         check_positive_ints(self, "steps", "batch_size", "eval_interval")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"Unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}.")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}.")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"max_seconds must be positive (or None for no limit), got {self.max_seconds!r}.")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be positive (or None for no clipping), got {self.grad_clip!r}.")
+
+
+def make_optimizer(config: LoopConfig, parameters: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
+    """The optimiser `config` names, over `parameters`."""
+    if config.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(list(parameters), lr=config.lr, weight_decay=config.weight_decay, scale_parameter=False,
+                         relative_step=False, warmup_init=False)
+    return torch.optim.AdamW(list(parameters), lr=config.lr, weight_decay=config.weight_decay)
 
 
 def check_positive_ints(config: Any, *names: str) -> None:
@@ -236,6 +260,8 @@ class _Restart:
         for _ in range(state.step):  # replay the batches already used
             next(stream)
         bar = tqdm(total=config.steps, initial=state.step, disable=not config.show_progress, desc=description)
+        if state.step == 0 and not self.scored_start():
+            self.evaluate()  # the starting prompt competes too: a run never returns worse than where it began
         out_of_time = False
         while state.step < config.steps and not out_of_time:
             before = self.snapshot()  # what a Ctrl-C or a crash inside the step saves (prompts are small)
@@ -262,6 +288,10 @@ class _Restart:
             logger.info("Stopping at step %d of restart %d: max_seconds=%s reached", state.step, state.restart + 1,
                         config.max_seconds)
         return out_of_time
+
+    def scored_start(self) -> bool:
+        """Whether this restart's step 0 is scored already (a run interrupted in its first step)."""
+        return bool(self.state.scores) and self.state.scores[-1][0] == self.state.restart * self.config.steps
 
     def evaluate(self) -> None:
         state, started = self.state, time.time()

@@ -30,13 +30,12 @@ from torch import nn
 from ..files.checkpoint import save_adapter_atomically, write_text_atomically
 from ..objectives import Objective
 from ..peft_boundary.adapters import adapter_parameters
-from .loop import LoopConfig, check_positive_ints, frozen, gradient_step, optimize
+from .loop import LoopConfig, check_positive_ints, frozen, gradient_step, make_optimizer, optimize
 
 
 @dataclass
 class TrainConfig(LoopConfig):
-    lr: float = field(default=3e-3, metadata={"help": "AdamW learning rate."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    lr: float = field(default=3e-3, metadata={"help": "Learning rate."})
     checkpoint_interval: int = field(default=50, metadata={"help": "Write a resumable checkpoint this often."})
     dropout: bool = field(
         default=False,
@@ -50,8 +49,6 @@ class TrainConfig(LoopConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive_ints(self, "checkpoint_interval")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr!r}.")
 
 
 @dataclass
@@ -66,8 +63,8 @@ class TrainResult:
 
 
 class PromptTraining:
-    """The gradient strategy: AdamW on some trainable tensors that make a prompt (a soft prompt and its task
-    head, a stock PROMPT_TUNING embedding, LoRA weights with no prompt at all).
+    """The gradient strategy: the configured optimiser on some trainable tensors that make a prompt (a soft
+    prompt and its task head, a stock PROMPT_TUNING embedding, LoRA weights with no prompt at all).
 
     Args:
         model: what `objective.loss` runs (the base model, or a LoRA model).
@@ -81,7 +78,7 @@ class PromptTraining:
                  before_step: Callable[[], None] | None = None) -> None:
         self.model, self.objective, self.parameters, self.prompt_of = model, objective, parameters, prompt
         self.grad_clip, self.before_step = config.grad_clip, before_step
-        self.optimizer = torch.optim.AdamW(list(parameters.values()), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = make_optimizer(config, list(parameters.values()))
 
     def step(self, batch: list[int]) -> float:
         if self.before_step is not None:
