@@ -156,6 +156,7 @@ class LoopState:
     scoring_seconds: float = 0.0
     best: BestPrompt = field(default_factory=BestPrompt)
     resumed_from: int | None = None  # the step this process resumed from (None: started from scratch)
+    started: int = -1  # the last restart whose starting prompt (step 0) was scored
 
     def to_dict(self) -> dict[str, Any]:
         """A copy to checkpoint (the best prompt's tensors are replaced, never changed in place: not copied)."""
@@ -262,6 +263,7 @@ class _Restart:
         bar = tqdm(total=config.steps, initial=state.step, disable=not config.show_progress, desc=description)
         if state.step == 0 and not self.scored_start():
             self.evaluate()  # the starting prompt competes too: a run never returns worse than where it began
+            self.state.started = self.state.restart
         out_of_time = False
         while state.step < config.steps and not out_of_time:
             before = self.snapshot()  # what a Ctrl-C or a crash inside the step saves (prompts are small)
@@ -291,7 +293,7 @@ class _Restart:
 
     def scored_start(self) -> bool:
         """Whether this restart's step 0 is scored already (a run interrupted in its first step)."""
-        return bool(self.state.scores) and self.state.scores[-1][0] == self.state.restart * self.config.steps
+        return self.state.started == self.state.restart
 
     def evaluate(self) -> None:
         state, started = self.state, time.time()
