@@ -54,11 +54,11 @@ def run_demo(args: Any) -> dict:
     reading = project_prompt(soft_model, tokenizer)
     say(f"[4/4] scoring the manual, soft, hard prompts and the reading on the {rows['eval']} dev rows")
     prompts = {"manual": empty, "soft": soft_vectors, "hard": torch.tensor(hard.token_ids),
-               "soft_reading": torch.tensor(reading.token_ids)}
+               "reading": torch.tensor(reading.token_ids)}
     results = {name: evaluate_prompt(model, objective, prompt) for name, prompt in prompts.items()}
     results["manual"]["validation"] = evaluate_prompt(model, objective, empty, "held_out")["accuracy"]
     results["soft"]["validation"], results["hard"]["validation"] = soft.best_score, hard.best_score
-    results["soft_reading"]["validation"] = None
+    results["reading"]["validation"] = None
     plot = plot_training_curves({"soft prompt (10 tokens)": (soft.loss_history, soft.score_history),
                                  "hard prompt (5 tokens)": (hard.loss_history, hard.score_history)},
                                 output / "training_curves.png")
@@ -118,8 +118,8 @@ def _discover_hard(args: Any, model: Any, tokenizer: Any, objective: Any, output
 
 
 def _report(payload: dict, soft: Any, hard: Any, reading: Any) -> None:
-    manual, soft_metrics, hard_metrics, read = (payload[k] for k in ("manual", "soft", "hard", "soft_reading"))
-    rows = [
+    manual, soft_metrics, hard_metrics, read = (payload[k] for k in ("manual", "soft", "hard", "reading"))
+    rows = [  # the reading's validation score is not measured (None)
         ["manual prompt", "Review: … Sentiment:", manual["validation"], manual["accuracy"], manual["macro_f1"]],
         ["soft prompt + manual", f"10 vectors, step {soft.best_step} of {soft.steps}", soft_metrics["validation"],
          soft_metrics["accuracy"], soft_metrics["macro_f1"]],
