@@ -1,29 +1,29 @@
-"""Quality: which prompt method adapts frozen SmolLM2-135M best, for the same training budget.
+"""Quality: which prompt method adapts frozen SmolLM2-135M best, against examples seen and wall-clock seconds.
 
-Every row goes through the same task code and the same evaluation: a `ClassificationObjective` with the
-task's manual template (`Review: {text}\\nSentiment:` with " negative"/" positive" for SST-2, `Article:
-{text}\\nTopic:` with four topic words for AG News) and the prompt in front of it.
-- manual: the template alone (zero-shot);
-- stock PROMPT_TUNING (TEXT init, SAMPLE_VOCAB init): peft's own prompt embedding, trained by the loop below;
-- soft: our SOFTHARD soft prompt (TEXT init, the same text), trained by `train_prompt`;
-- PEZ, PEZ + fluency, projected SGD: `discovery.run`, hard prompts of whole-word tokens that round-trip;
-- GCG: `discovery.run(method="gcg")` for the same search wall time as PEZ with the same seed (not the same
-  examples: a GCG step scores many candidates);
-- projection: each trained soft prompt read back as its nearest tokens (waywardness: soft next to projected);
-- LoRA r=8 on the same frozen model: an upper reference.
-Every trained method of a task sees the same number of training examples (steps x batch; AG News, whose
-rows are three times as long, half as many as SST-2), keeps its best step by accuracy on held-out training
-rows (200 in the full run), and is scored once on the evaluation rows: SST-2's full dev set, and a fixed,
-seeded, class-balanced subset of AG News' official test set. MiniLM with a SEQ_CLS head (the head trained
-with the prompt) gives a soft-prompt row for an encoder. A length sweep runs soft and PEZ at
-1, 5, 10, 20 tokens; soft and stock TEXT also run once at the issue's reference budget (200 steps of 16).
+Rows (10-token prompts; every trained row chooses its step on validation rows carved from the train split,
+and the eval split, which chose nothing, is scored once per budget by the chosen prompt):
+- template: the task's own template alone (`{text} . It was`; AG News `{text} It was about`), zero-shot;
+- manual: the hand-written template alone (`Review: {text}\\nSentiment:`, `Article: {text}\\nTopic:`);
+- soft: our soft prompt with `softhard train`'s defaults (AdamW 3e-3, starting from the task's instruction);
+- discover: `softhard discover`'s default search (PEZ, Adafactor 0.3, from the instruction; whole-word tokens
+  that round-trip, so that the prompt is its text);
+- pez_reference: the PEZ reference preset (Adafactor 0.3, label-word init, the task's own template, as the
+  PEZ language-model code), here with this benchmark's validation rows and budgets;
+- gcg: GCG (32 candidates of one swap, a buffer of 4) from the instruction, for discover's wall time;
+- lora: LoRA r=8 on the same frozen model (AdamW 1e-3), an upper reference.
+Every prompt but pez_reference goes in front of the manual template. Budgets are examples seen (steps x 16):
+800 and 3,200 for every row, 12,800 for soft and discover (SST-2, first seed), 3 seeds at 3,200 for soft,
+discover and pez_reference on SST-2. A budget continues the previous one's run (constant learning rates, so
+the 3,200 run passes through the 800 one): its number is the best prompt of the steps up to that budget.
+Eval splits: SST-2's full dev set (872 rows); AG News' official test set, a seeded class-balanced 2,000 rows.
+Each SST-2 hard prompt is also scored as text with the other template (transfer).
 
-    python benchmarks/quality.py            # SmolLM2, everything: about 3 hours on 2 cores
-    python benchmarks/quality.py --quick    # smaller subsets, one seed: < 10 min
+    python benchmarks/quality.py            # everything: about 5 hours on 2 cores, resumable
+    python benchmarks/quality.py --quick    # small subsets, one seed (minutes)
     python benchmarks/quality.py --tiny     # a tiny random GPT-2 (the test suite's smoke run)
 
-Each finished row is written to --work-dir/records/ at once, so an interrupted run continues with the rows
-it has not done (`--report-only` writes the report from the rows done so far). Writes
+Every finished (row, budget) is written to --work-dir/records/ at once and every run checkpoints, so a run
+killed at any point continues where it was (`--report-only` writes the report from what is done). Writes
 benchmarks/results/quality.json, a markdown report next to it, and PNG plots in docs/images/.
 """
 
@@ -35,6 +35,7 @@ import logging
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from reporting import write_results
@@ -43,398 +44,320 @@ from subjects import SHARED, load, parser, plan_name, strip_adapters
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "quality.json"
 IMAGES = HERE.parent / "docs" / "images"
-INIT_TEXTS = {
-    "sst2": "Classify the sentiment of this movie review as positive or negative.",
-    "ag_news": "Classify the topic of this news article: politics, sports, business or technology.",
-}
-MAIN_METHODS = ["soft", "pez", "stock_text"]  # run with every seed; a soft row also scores its projection
-SINGLE_METHODS = ["stock_vocab", "psgd", "gcg", "pez_fluency", "lora"]  # run with the first seed
 LABELS = {
-    "manual": "manual prompt (zero-shot)", "stock_text": "stock peft PROMPT_TUNING, TEXT init",
-    "stock_vocab": "stock peft PROMPT_TUNING, SAMPLE_VOCAB init", "soft": "our soft prompt (TEXT init)",
-    "pez": "our PEZ hard prompt", "pez_fluency": "PEZ + fluency", "psgd": "projected SGD",
-    "gcg": "GCG (PEZ's wall time)", "projection": "projection of our soft prompt", "lora": "LoRA r=8 (reference)",
-    "minilm_soft": "MiniLM SEQ_CLS: our soft prompt + head",
+    "template": "task template alone (zero-shot)", "manual": "manual template alone (zero-shot)",
+    "soft": "soft prompt (train defaults)", "discover": "hard: discover defaults (PEZ, Adafactor)",
+    "pez_reference": "hard: PEZ reference preset", "gcg": "hard: GCG, discover's wall time",
+    "lora": "LoRA r=8 (reference)",
 }
+HARD = ("discover", "pez_reference", "gcg")
+GCG = {"method": "gcg", "gcg_candidates": 32, "gcg_top_k": 64, "buffer_size": 4, "n_replace": 1}
 PLANS = {
-    "full": {"steps": 100, "ag_steps": 50, "batch": 8, "lr": 3e-3, "pez_lr": 0.1, "lora_lr": 1e-3, "eval_every": 25,
-             "gcg_eval_every": 2, "gcg_candidates": 16, "train_rows": 1000, "selection_rows": 200,
-             "eval_rows": {"sst2": None, "ag_news": 2000}, "seeds": [0, 1, 2], "length": 10,
-             "sweep": [1, 5, 20], "ag_methods": ["manual", "soft", "pez", "stock_text"],
-             "reference_budget": {"steps": 200, "batch": 16, "eval_every": 50}},
-    "quick": {"steps": 12, "ag_steps": 6, "batch": 8, "lr": 3e-3, "pez_lr": 0.1, "lora_lr": 1e-3, "eval_every": 6,
-              "gcg_eval_every": 1, "gcg_candidates": 16, "train_rows": 200, "selection_rows": 32,
-              "eval_rows": {"sst2": 100, "ag_news": 100}, "seeds": [0], "length": 10,
-              "sweep": [], "ag_methods": ["manual", "soft", "pez"]},
-    "tiny": {"steps": 2, "ag_steps": 2, "batch": 4, "lr": 3e-3, "pez_lr": 0.1, "lora_lr": 1e-3, "eval_every": 1,
-             "gcg_eval_every": 1, "gcg_candidates": 4, "train_rows": 12, "selection_rows": 8,
-             "eval_rows": {"sst2": 16, "ag_news": 16}, "seeds": [0, 1], "length": 3,
-             "sweep": [1], "ag_methods": ["manual", "soft"],
-             "reference_budget": {"steps": 3, "batch": 4, "eval_every": 3}},
+    # eval_every: steps between validation scores, for the stage that ends at each budget
+    "full": {"batch": 16, "length": 10, "validation_rows": 300, "max_train": 12800, "budgets": [800, 3200],
+             "long_budget": 12800, "seeds": [0, 1, 2], "eval_rows": {"sst2": None, "ag_news": 2000},
+             "eval_every": {800: 25, 3200: 50, 12800: 200}, "gcg_eval_every": 5, "lora_lr": 1e-3},
+    "quick": {"batch": 8, "length": 10, "validation_rows": 100, "max_train": 800, "budgets": [160],
+              "long_budget": 320, "seeds": [0], "eval_rows": {"sst2": 200, "ag_news": 200},
+              "eval_every": {160: 10, 320: 20}, "gcg_eval_every": 2, "lora_lr": 1e-3},
+    "tiny": {"batch": 4, "length": 3, "validation_rows": 6, "max_train": 24, "budgets": [8, 16], "long_budget": 24,
+             "seeds": [0, 1], "eval_rows": {"sst2": 16, "ag_news": 16}, "eval_every": {8: 1, 16: 2, 24: 2},
+             "gcg_eval_every": 1, "lora_lr": 1e-3, "gcg": {"gcg_candidates": 4, "gcg_top_k": 4},
+             "whole_words": False},  # the tiny model's vocabulary is mostly not whole words
 }
 
 logger = logging.getLogger("quality")
 
 
+# ------------------------------------------------------------------------------------------------ plan
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One method on one task with one seed, run up to each of its budgets (examples seen) in turn."""
+
+    task: str
+    method: str
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}-{self.method}-seed{self.seed}"
+
+
+def plan_stages(plan: dict) -> list[tuple[Row, int]]:
+    """(row, budget) in the order they run, most important first, so that a run cut short has the main
+    comparison; a row's budgets come in increasing order (each continues the one before)."""
+    budgets, first, others = plan["budgets"], plan["seeds"][0], plan["seeds"][1:]
+    stages: list[tuple[Row, int]] = []
+    for task in ("sst2", "ag_news"):
+        stages += [(Row(task, m), 0) for m in ("template", "manual")]
+        for budget in budgets:  # gcg runs for discover's wall time at the same budget: after it
+            stages += [(Row(task, m, first), budget) for m in ("soft", "discover", "gcg", "pez_reference", "lora")]
+    stages += [(Row("sst2", m, seed), budget) for seed in others for budget in budgets
+               for m in ("soft", "discover", "pez_reference")]
+    stages += [(Row("sst2", m, first), plan["long_budget"]) for m in ("soft", "discover")]
+    return stages
+
+
+def record_name(row: Row, budget: int) -> str:
+    return f"{row.name}-{budget}"
+
+
 # ------------------------------------------------------------------------------------------------ data
-def ag_news_test():
-    """AG News' official test set (label, title, description; labels counted from 1) as a task split."""
-    from peft_softhard.app.tasks import AG_NEWS, Source
-
-    test = Source("ag_news/test.csv", column_names=["label", "title", "description"], label_offset=1)
-    return dataclasses.replace(AG_NEWS, text_columns=["title", "description"], splits={"eval": test})
-
-
-def task_of(task_name: str):
+def task_of(name: str):
     from peft_softhard.app.tasks import AG_NEWS, SST2
 
-    return SST2 if task_name == "sst2" else AG_NEWS
+    return SST2 if name == "sst2" else AG_NEWS
 
 
-def splits(task_name: str, plan: dict) -> tuple[tuple[list, list], tuple[list, list], tuple[list, list]]:
-    """(train, selection, evaluation) texts and labels: the training rows and the held-out training rows that
-    pick the best step come from one seeded sample of the train split; the evaluation rows are fixed."""
-    task, data = task_of(task_name), str(SHARED / "data")
-    texts, labels = task.load("train", limit=plan["train_rows"] + plan["selection_rows"], seed=0, data_dir=data)
-    split = plan["train_rows"]
-    evaluation_task = task if task_name == "sst2" else ag_news_test()
-    evaluation = evaluation_task.load("eval", limit=plan["eval_rows"][task_name], seed=0,
-                                      balanced=task_name == "ag_news", data_dir=data)
-    return (texts[:split], labels[:split]), (texts[split:], labels[split:]), evaluation
+def task_data(name: str, plan: dict):
+    """The task's `TaskData`: validation rows carved from the train split, the rest to train on (both seeded),
+    and the eval split — for AG News its official test set, a seeded class-balanced subset."""
+    from peft_softhard.app.tasks import Source, TaskData, load_task_data
+
+    task, data_dir = task_of(name), str(SHARED / "data")
+    eval_rows = plan["eval_rows"][name] if name == "sst2" else 16  # AG News: replaced by its test rows below
+    data = load_task_data(task, plan["max_train"], eval_rows, 0, data_dir, plan["validation_rows"])
+    if name == "sst2":
+        return data
+    test = Source("ag_news/test.csv", column_names=["label", "title", "description"], label_offset=1)
+    test_task = dataclasses.replace(task, text_columns=["title", "description"], splits={"eval": test})
+    evaluation = test_task.load("eval", plan["eval_rows"]["ag_news"], 0, balanced=True, data_dir=data_dir)
+    return TaskData(data.train, data.validation, evaluation)
 
 
-def objectives(task_name: str, tokenizer, plan: dict):
-    """(training objective with held-out selection rows, evaluation objective) for a task."""
-    from peft_softhard import ClassificationObjective
+class Objectives:
+    """Each task's objective with each of its two templates, built once (tokenizing thousands of rows)."""
 
-    task = task_of(task_name)
-    train, selection, evaluation = splits(task_name, plan)
-    common = {"template": task.manual_template, "label_words": task.label_words}
-    return (ClassificationObjective(tokenizer, *train, held_out_texts=selection[0], held_out_labels=selection[1],
-                                    **common),
-            ClassificationObjective(tokenizer, train[0][:1], train[1][:1], held_out_texts=evaluation[0],
-                                    held_out_labels=evaluation[1], **common))
+    def __init__(self, tokenizer: Any, plan: dict) -> None:
+        self.tokenizer, self.plan, self.cache = tokenizer, plan, {}
 
+    def get(self, task_name: str, template: str):
+        """template: "manual" or "task"."""
+        if (task_name, template) not in self.cache:
+            from peft_softhard.app.tasks import task_objective
 
-def train_config(plan: dict, seed: int):
-    """`train_prompt`'s settings for every trained soft prompt (one checkpoint, at the end)."""
-    from peft_softhard.optimization.training import TrainConfig
-
-    return TrainConfig(steps=plan["steps"], lr=plan["lr"], batch_size=plan["batch"], eval_interval=plan["eval_every"],
-                       checkpoint_interval=plan["steps"], seed=seed, show_progress=False)
+            if task_name not in self.cache:
+                self.cache[task_name] = task_data(task_name, self.plan)
+            task = task_of(task_name)
+            chosen = task.manual_template if template == "manual" else task.template
+            self.cache[task_name, template] = task_objective(task, self.cache[task_name], self.tokenizer,
+                                                             template=chosen)
+        return self.cache[task_name, template]
 
 
 # ------------------------------------------------------------------------------------------------ methods
-def fit(model, prompt_of, parameters, objective, plan: dict, seed: int, lr: float) -> dict:
-    """`train_prompt`'s loop and strategy for models that are not SOFTHARD (stock peft, LoRA): AdamW, clipped
-    gradients, the best step by held-out accuracy kept (no checkpoints)."""
+def stage_config(plan: dict, method: str, budget: int, seed: int) -> dict:
+    """The loop's settings for the stage of a run that ends at `budget` examples."""
+    steps = budget // plan["batch"]
+    every = plan["gcg_eval_every"] if method == "gcg" else plan["eval_every"][budget]
+    return {"steps": steps, "batch_size": plan["batch"], "eval_interval": every, "seed": seed, "show_progress": False}
+
+
+def train_soft(base, tokenizer, objective, row: Row, budget: int, plan: dict, work: Path) -> dict:
+    from peft import get_peft_model
+
+    from peft_softhard import SoftHardConfig, TrainConfig, train_prompt
+    from peft_softhard.app.tasks import prompt_init
+
+    torch.manual_seed(row.seed)
+    prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=plan["length"], mode="soft",
+                            **prompt_init(task_of(row.task), "manual", tokenizer, plan["length"]))
+    model = get_peft_model(base, prompt)
+    settings = stage_config(plan, "soft", budget, row.seed)
+    config = TrainConfig(**settings, checkpoint_interval=settings["eval_interval"])
+    result = train_prompt(model, objective, config, work, resume=True)  # leaves the best step's prompt in the model
+    return {"prompt": model.prompt_encoder["default"].prompt_embeddings().detach(), "validation": result.best_score,
+            "best_step": result.best_step, "steps": result.steps, "score_history": result.score_history,
+            "search_seconds": result.score_seconds[-1], "seconds": result.seconds}
+
+
+def search_hard(base, tokenizer, objective, row: Row, budget: int, plan: dict, work: Path,
+                max_seconds: float | None = None) -> dict:
+    from peft_softhard import DiscoveryConfig, SoftHardConfig, run
+    from peft_softhard.app.cli import DISCOVER_DEFAULTS
+    from peft_softhard.app.tasks import prompt_init
+
+    settings = stage_config(plan, row.method, budget, row.seed)
+    if row.method == "pez_reference":
+        config, init = DiscoveryConfig.from_preset("pez-reference", **settings), "labels"
+    else:
+        search = {k: DISCOVER_DEFAULTS[k] for k in ("method", "lr", "optimizer", "weight_decay")}
+        if row.method == "gcg":  # as many steps as fit in discover's wall time
+            search.update(GCG, **plan.get("gcg", {}))
+            settings.update(steps=1_000_000, max_seconds=max_seconds)
+        config, init = DiscoveryConfig(**search, **settings), DISCOVER_DEFAULTS["init"]
+    whole_words = plan.get("whole_words", True)
+    prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=plan["length"], mode="hard",
+                            word_start_only=whole_words, round_trip_only=whole_words,
+                            **prompt_init(task_of(row.task), init, tokenizer, plan["length"]))
+    result = run(base, objective, config, prompt, tokenizer, checkpoint_dir=str(work / "checkpoint"),
+                 checkpoint_interval=settings["eval_interval"], resume=True)
+    return {"prompt": torch.tensor(result.token_ids), "token_ids": result.token_ids, "text": result.text,
+            "round_trips": result.round_trips, "perplexity": result.perplexity, "validation": result.best_score,
+            "best_step": result.best_step, "steps": result.steps, "score_history": result.score_history,
+            "search_seconds": result.score_seconds[-1], "seconds": result.seconds}
+
+
+def train_lora(base, objective, row: Row, budget: int, plan: dict, work: Path) -> dict:
+    """LoRA r=8 on the one loop (`PromptTraining` with no prompt at all), best step by validation accuracy."""
+    from peft import LoraConfig, get_peft_model
+
+    from peft_softhard import TrainConfig
     from peft_softhard.optimization.loop import frozen, optimize
-    from peft_softhard.optimization.training import PromptTraining, TrainConfig
+    from peft_softhard.optimization.training import PromptTraining
 
-    config = TrainConfig(steps=plan["steps"], lr=lr, batch_size=plan["batch"], eval_interval=plan["eval_every"],
-                         seed=seed, show_progress=False)
-    named = {str(i): parameter for i, parameter in enumerate(parameters)}
+    torch.manual_seed(row.seed)
+    model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, lora_dropout=0.0))
+    parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    empty = base.get_input_embeddings().weight[:0].detach()
+    config = TrainConfig(**stage_config(plan, "lora", budget, row.seed), lr=plan["lora_lr"])
 
-    def score(prompt):
+    def score(prompt: torch.Tensor) -> float:
         with frozen(model), torch.no_grad():
             return objective.score(model, prompt)
 
-    state, strategy = optimize(lambda restart: PromptTraining(model, objective, named, prompt_of, config), objective,
-                               config, score)
+    state, strategy = optimize(lambda restart: PromptTraining(model, objective, parameters, lambda: empty, config),
+                               objective, config, score, checkpoint_dir=work / "checkpoint",
+                               checkpoint_interval=config.eval_interval, resume=True, description="lora")
     strategy.load_tensors(state.best.tensors)
-    return {"selection_scores": state.scores}
+    return {"prompt": empty, "model": model, "validation": state.best.score, "best_step": state.best.step,
+            "steps": state.step, "score_history": state.scores, "search_seconds": state.score_seconds[-1],
+            "seconds": state.seconds, "trainable_parameters": sum(p.numel() for p in parameters.values())}
 
 
-def train_stock(base, tokenizer, objective, plan, seed, length, init: str, init_text: str):
-    from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
+def run_stage(row: Row, budget: int, base, tokenizer, objectives: Objectives, plan: dict, work: Path,
+              records: dict) -> dict:
+    """Run (or continue) `row` up to `budget` examples and score its chosen prompt on the eval split."""
+    from peft_softhard import evaluate_prompt
 
-    torch.manual_seed(seed)
-    extra = {"prompt_tuning_init_text": init_text, "tokenizer_name_or_path": tokenizer.name_or_path} \
-        if init == "TEXT" else {}
-    config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=length,
-                                prompt_tuning_init=PromptTuningInit[init], **extra)
-    model = get_peft_model(base, config)
-    encoder, tokens = model.prompt_encoder["default"], model.prompt_tokens["default"]
-    record = fit(base, lambda: encoder(tokens), list(encoder.parameters()), objective, plan, seed, plan["lr"])
-    return model, encoder(tokens).detach(), record
-
-
-def train_lora(base, objective, plan, seed):
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, lora_dropout=0.0))
-    empty = base.get_input_embeddings().weight[:0].detach()
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    record = fit(model, lambda: empty, parameters, objective, plan, seed, plan["lora_lr"])
-    record["trainable_parameters"] = sum(p.numel() for p in parameters)
-    return model, empty, record
-
-
-def train_soft(base, tokenizer, objective, plan, seed, length, init_text, work: Path):
-    from peft import get_peft_model
-
-    from peft_softhard import SoftHardConfig
-    from peft_softhard.optimization.training import train_prompt
-
-    torch.manual_seed(seed)
-    text_ids = tokenizer(init_text, add_special_tokens=False)["input_ids"]
-    init_ids = (text_ids * length)[:length]  # peft's TEXT init: the text's tokens, cut or repeated to the length
-    config = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=length, mode="soft", init="token_ids",
-                            init_token_ids=init_ids)
-    model = get_peft_model(base, config)
-    result = train_prompt(model, objective, train_config(plan, seed), work)
-    return model, model.prompt_encoder["default"].prompt_embeddings().detach(), \
-        {"selection_scores": result.score_history}
-
-
-def search_hard(base, tokenizer, objective, plan, seed, length, method, tiny, max_seconds=None, work=None):
-    from peft_softhard import DiscoveryConfig, SoftHardConfig, run
-
-    fluency = 0.1 if method == "pez_fluency" else 0.0
-    gcg = method == "gcg"
-    config = DiscoveryConfig(
-        method="pez" if method == "pez_fluency" else method, lr=plan["pez_lr"], batch_size=plan["batch"],
-        steps=100_000 if gcg else plan["steps"], max_seconds=max_seconds, seed=seed, fluency_weight=fluency,
-        eval_interval=plan["gcg_eval_every"] if gcg else plan["eval_every"], gcg_candidates=plan["gcg_candidates"],
-        show_progress=False)
-    prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=length, mode="hard", init="vocab",
-                            word_start_only=not tiny, round_trip_only=not tiny)
-    torch.manual_seed(seed)
-    result = run(base, objective, config, prompt, tokenizer, checkpoint_dir=str(work / "checkpoint"), resume=True)
-    return result
-
-
-# ------------------------------------------------------------------------------------------------ rows
-def run_row(key: dict, base, tokenizer, plan: dict, work: Path, tiny: bool, records: dict) -> list[dict]:
-    """Train (if the method trains) and evaluate one row; returns its record (a soft row: and its projection's)."""
-    task, method, length, seed = key["task"], key["method"], key["length"], key["seed"]
-    if task == "ag_news":  # rows three times as long as SST-2's: a smaller budget, the same for every method
-        plan = {**plan, "steps": plan["ag_steps"], "eval_every": max(1, plan["ag_steps"] // 2)}
-    if key.get("budget") == "reference":  # the issue's stock peft reference run: 200 steps of 16
-        plan = {**plan, **plan["reference_budget"]}
-    train, evaluation = objectives(task, tokenizer, plan)
-    row_work = work / "runs" / record_name(key)
-    record: dict = {}
-    started = time.time()
-    model = None
-    if method == "manual":
-        prompt = base.get_input_embeddings().weight[:0].detach()
-    elif method in ("stock_text", "stock_vocab"):
-        init = "TEXT" if method == "stock_text" else "SAMPLE_VOCAB"
-        model, prompt, record = train_stock(base, tokenizer, train, plan, seed, length, init, INIT_TEXTS[task])
-    elif method == "lora":
-        model, prompt, record = train_lora(base, train, plan, seed)
-    elif method == "soft":
-        model, prompt, record = train_soft(base, tokenizer, train, plan, seed, length, INIT_TEXTS[task], row_work)
-    else:  # pez, pez_fluency, psgd, gcg
+    template = "task" if row.method in ("template", "pez_reference") else "manual"
+    objective = objectives.get(row.task, template)
+    run_dir = work / "runs" / row.name
+    if row.method in ("template", "manual"):
+        empty = torch.tensor([], dtype=torch.long)
+        out = {"prompt": empty, "validation": evaluate_prompt(base, objective, empty, "held_out")["accuracy"],
+               "steps": 0, "search_seconds": 0.0, "seconds": 0.0}
+    elif row.method == "soft":
+        out = train_soft(base, tokenizer, objective, row, budget, plan, run_dir)
+    elif row.method == "lora":
+        out = train_lora(base, objective, row, budget, plan, run_dir)
+    else:
         max_seconds = None
-        if method == "gcg":
-            pez = records.get(record_name({**key, "method": "pez"}))
-            max_seconds = pez["search_seconds"] if pez else None
-            if max_seconds is None:
-                raise RuntimeError("GCG runs for PEZ's wall time: run the PEZ row of the same seed first.")
-        result = search_hard(base, tokenizer, train, plan, seed, length, method, tiny, max_seconds, row_work)
-        prompt = torch.tensor(result.token_ids)
-        record = {"text": result.text, "round_trips": result.round_trips, "perplexity": result.perplexity,
-                  "steps_taken": result.steps, "search_seconds": round(result.score_seconds[-1], 1),
-                  "selection_scores": result.score_history, "score_seconds": result.score_seconds}
-    train_seconds = time.time() - started
+        if row.method == "gcg":
+            paced = records.get(record_name(dataclasses.replace(row, method="discover"), budget))
+            if paced is None:
+                raise RuntimeError("GCG runs for discover's wall time: run discover's stage of the same seed first.")
+            max_seconds = paced["search_seconds"]
+        out = search_hard(base, tokenizer, objective, row, budget, plan, run_dir, max_seconds)
+    model = out.pop("model", base)
     started = time.time()
-    scoring_model = model if method == "lora" else base
-    accuracy = evaluation.accuracy(scoring_model, prompt)
-    steps = 0 if method == "manual" else record.get("steps_taken") or plan["steps"]
-    record.update(key, accuracy=round(accuracy, 4), train_seconds=round(train_seconds, 1),
-                  eval_seconds=round(time.time() - started, 1), eval_rows=len(evaluation.labels()),
-                  examples_seen=steps * plan["batch"])
-    if method == "lora":
+    scored = evaluate_prompt(model, objective, out.pop("prompt"))
+    record = {**dataclasses.asdict(row), "budget": budget, "examples_seen": out["steps"] * plan["batch"], **out,
+              "eval": round(scored["accuracy"], 4), "eval_macro_f1": round(scored["macro_f1"], 4),
+              "eval_rows": scored["examples"], "eval_seconds": round(time.time() - started, 1)}
+    if row.method == "lora":
         model.unload()  # LoRA wraps the base model's layers: take the wrappers out again
-    if method != "soft" or length != plan["length"]:  # waywardness is read at the main length only
-        return [record]
-    from peft_softhard.reading import project_prompt
-
-    started = time.time()
-    reading = project_prompt(model, tokenizer)
-    projected = evaluation.accuracy(base, torch.tensor(reading.token_ids))
-    projection = {**key, "method": "projection", "accuracy": round(projected, 4), "soft_accuracy": record["accuracy"],
-                  "text": reading.text, "mean_distance": round(reading.mean_distance, 4), "train_seconds": 0.0,
-                  "eval_seconds": round(time.time() - started, 1), "eval_rows": record["eval_rows"],
-                  "examples_seen": record["examples_seen"]}
-    return [record, projection]
-
-
-def run_minilm_row(key: dict, plan: dict, work: Path) -> list[dict]:
-    """Our soft prompt on MiniLM with a SEQ_CLS head (the head trained with it) on SST-2."""
-    from peft import get_peft_model
-
-    from peft_softhard import SoftHardConfig
-    from peft_softhard.app.models import load_model
-    from peft_softhard.objectives import SequenceClassificationObjective
-    from peft_softhard.optimization.training import train_prompt
-
-    model, tokenizer = load_model("minilm", task_type="SEQ_CLS", num_labels=2)  # small enough for smoke runs
-    (texts, labels), selection, (eval_texts, eval_labels) = splits("sst2", plan)
-    train = SequenceClassificationObjective(tokenizer, texts, labels, num_labels=2, held_out_texts=selection[0],
-                                            held_out_labels=selection[1])
-    evaluation = SequenceClassificationObjective(tokenizer, texts[:1], labels[:1], num_labels=2,
-                                                 held_out_texts=eval_texts, held_out_labels=eval_labels)
-    torch.manual_seed(key["seed"])
-    config = SoftHardConfig(task_type="SEQ_CLS", num_virtual_tokens=key["length"], mode="soft", init="vocab")
-    peft_model = get_peft_model(model, config)
-    started = time.time()
-    result = train_prompt(peft_model, train, train_config(plan, key["seed"]), work / "runs" / record_name(key))
-    train_seconds = time.time() - started
-    started = time.time()
-    prompt = peft_model.prompt_encoder["default"].prompt_embeddings().detach()
-    # the evaluation objective runs the base model with the adapter's trained head active
-    with torch.no_grad():
-        accuracy = evaluation.score(peft_model.get_base_model(), prompt)
-    return [{**key, "accuracy": round(accuracy, 4), "train_seconds": round(train_seconds, 1),
-             "eval_seconds": round(time.time() - started, 1), "eval_rows": len(eval_labels),
-             "examples_seen": plan["steps"] * plan["batch"], "selection_scores": result.score_history}]
-
-
-def plan_rows(plan: dict) -> list[dict]:
-    """Every row, most important first (a run cut short has the main comparison)."""
-    length, seeds = plan["length"], plan["seeds"]
-    rows = [{"task": "sst2", "method": "manual", "length": 0, "seed": 0}]
-    for seed in seeds:
-        rows += [{"task": "sst2", "method": m, "length": length, "seed": seed} for m in MAIN_METHODS]
-    rows += [{"task": "sst2", "method": m, "length": length, "seed": seeds[0]} for m in SINGLE_METHODS]
-    rows += [{"task": "sst2", "method": "minilm_soft", "length": length, "seed": s} for s in seeds]
-    if "reference_budget" in plan:
-        rows += [{"task": "sst2", "method": m, "length": length, "seed": seeds[0], "budget": "reference"}
-                 for m in ("soft", "stock_text")]
-    rows += [{"task": "ag_news", "method": m, "length": 0 if m == "manual" else length, "seed": seeds[0]}
-             for m in plan["ag_methods"]]
-    rows += [{"task": "sst2", "method": m, "length": n, "seed": seeds[0]}
-             for n in plan["sweep"] for m in ("soft", "pez")]
-    return rows
-
-
-def record_name(key: dict) -> str:
-    budget = f"-{key['budget']}-budget" if key.get("budget") else ""
-    return f"{key['task']}-{key['method']}-{key['length']}-seed{key['seed']}{budget}"
+    if row.method in HARD and row.task == "sst2" and row.seed == plan["seeds"][0]:
+        other = objectives.get(row.task, "manual" if template == "task" else "task")
+        as_text = tokenizer(out["text"], add_special_tokens=False)["input_ids"]  # the prompt as a user would paste it
+        record["transfer"] = round(evaluate_prompt(base, other, torch.tensor(as_text, dtype=torch.long))["accuracy"], 4)
+    return record
 
 
 # ------------------------------------------------------------------------------------------------ report
-def summarise(records: dict, plan: dict) -> dict:
-    """Mean and std over seeds for each (task, method, length, budget)."""
+def summarise(records: dict) -> list[dict]:
+    """Mean and std over seeds of each (task, method, budget)."""
     groups: dict[tuple, list[dict]] = {}
     for record in records.values():
-        key = (record["task"], record["method"], record["length"], record.get("budget"))
-        groups.setdefault(key, []).append(record)
+        groups.setdefault((record["task"], record["method"], record["budget"]), []).append(record)
     summary = []
-    for (task, method, length, budget), members in groups.items():
-        accuracies = [m["accuracy"] for m in members]
-        summary.append({
-            "task": task, "method": method, "length": length, "budget": budget,
-            "seeds": sorted(m["seed"] for m in members),
-            "accuracy_mean": round(statistics.mean(accuracies), 4),
-            "accuracy_std": round(statistics.stdev(accuracies), 4) if len(accuracies) > 1 else None,
-            "train_seconds_mean": round(statistics.mean(m["train_seconds"] for m in members), 1),
-            "examples_seen": members[0]["examples_seen"], "eval_rows": members[0]["eval_rows"],
-        })
-    order = {m: i for i, m in enumerate(["manual", "soft", "projection", "pez", "stock_text", *SINGLE_METHODS,
-                                         "minilm_soft"])}
-    summary.sort(key=lambda s: (s["task"] != "sst2", bool(s["budget"]),
-                                s["length"] != plan["length"] and s["method"] != "manual",
-                                s["length"], order.get(s["method"], 99)))
-    return {"rows": summary}
+    for (task, method, budget), members in sorted(groups.items()):
+        values = [m["eval"] for m in members]
+        summary.append({"task": task, "method": method, "budget": budget, "seeds": sorted(m["seed"] for m in members),
+                        "eval_mean": round(statistics.mean(values), 4),
+                        "eval_std": round(statistics.stdev(values), 4) if len(values) > 1 else None,
+                        "validation_mean": round(statistics.mean(m["validation"] for m in members), 4),
+                        "search_seconds_mean": round(statistics.mean(m["search_seconds"] for m in members), 1),
+                        "eval_rows": members[0]["eval_rows"]})
+    return summary
 
 
-def markdown(records: dict, summary: dict, plan: dict, missing: list[str]) -> str:
-    def cell(s):
-        std = f" ± {100 * s['accuracy_std']:.1f}" if s["accuracy_std"] is not None else ""
-        return f"{100 * s['accuracy_mean']:.1f}{std}"
-
+def markdown(records: dict, summary: list[dict], plan: dict, missing: list[str]) -> str:
+    budgets = sorted({s["budget"] for s in summary if s["budget"]})
     lines = []
-    reference = [s for s in summary["rows"] if s["budget"]]
-    records = {name: r for name, r in records.items() if not r.get("budget")}  # the rest is at the common budget
     for task, title in (("sst2", "SST-2 (dev set)"), ("ag_news", "AG News (class-balanced test subset)")):
-        rows = [s for s in summary["rows"] if s["task"] == task and s["length"] in (0, plan["length"])
-                and not s["budget"]]
+        rows = [s for s in summary if s["task"] == task]
         if not rows:
             continue
-        lines += [f"**{title}**, {rows[0]['eval_rows']} rows, prompts of {plan['length']} tokens:", "",
-                  "| method | accuracy % (mean ± std) | seeds | examples seen | train s (mean) |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {LABELS[s['method']]} | {cell(s)} | {len(s['seeds'])} | {s['examples_seen']} | "
-                  f"{s['train_seconds_mean']} |" for s in rows]
+        lines += [f"**{title}**, {rows[0]['eval_rows']} rows: eval accuracy % (validation % that chose the step), "
+                  "mean ± std where there are several seeds; search seconds (scoring not counted) at the largest "
+                  "budget run:", "",
+                  "| method | zero-shot | " + " | ".join(f"{b:,} examples" for b in budgets) + " | seconds |",
+                  "|---|---|" + "---|" * len(budgets) + "---|"]
+        for method in LABELS:
+            cells = {s["budget"]: s for s in rows if s["method"] == method}
+            if not cells:
+                continue
+            last = cells[max(cells)]
+            lines.append(f"| {LABELS[method]} | " + " | ".join(_cell(cells.get(b)) for b in [0, *budgets]) +
+                         f" | {last['search_seconds_mean']:.0f} |")
         lines.append("")
-    if reference:
-        lines += [f"**SST-2 at the issue's reference budget** (batch {plan['reference_budget']['batch']}, "
-                  f"{plan['reference_budget']['steps']} steps), first seed:", "",
-                  "| method | accuracy % | examples seen | train s |", "|---|---|---|---|"]
-        lines += [f"| {LABELS[s['method']]} | {cell(s)} | {s['examples_seen']} | {s['train_seconds_mean']} |"
-                  for s in reference]
-        lines.append("")
-    sweep = [s for s in summary["rows"] if s["task"] == "sst2" and s["method"] in ("soft", "pez") and not s["budget"]]
-    if len({s["length"] for s in sweep}) > 1:
-        lengths = sorted({s["length"] for s in sweep})
-        lines += ["**Prompt length** (SST-2 dev accuracy %, first seed):", "",
-                  "| method | " + " | ".join(f"n = {n}" for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
-        for method in ("soft", "pez"):
-            by_length = {r["length"]: r["accuracy"] for r in records.values() if r["task"] == "sst2"
-                         and r["method"] == method and r["seed"] == plan["seeds"][0]}
-            lines.append(f"| {LABELS[method]} | " + " | ".join(
-                f"{100 * by_length[n]:.1f}" if n in by_length else "—" for n in lengths) + " |")
-        lines.append("")
-    projections = sorted((r for r in records.values() if r["method"] == "projection" and r["length"] == plan["length"]),
-                         key=record_name)
-    if projections:
-        lines += ["**Waywardness** (a soft prompt and its nearest-token reading, same evaluation):", "",
-                  "| task, seed | soft % | projected % | projected text |", "|---|---|---|---|"]
-        lines += [f"| {r['task']}, {r['seed']} | {fmt(r.get('soft_accuracy'))} | {fmt(r['accuracy'])} | "
-                  f"`{r['text']!r}` |" for r in projections]
-        lines.append("")
-    hard = sorted((r for r in records.values() if r["method"] in ("pez", "pez_fluency", "psgd", "gcg")),
-                  key=record_name)
+    hard = sorted((r for r in records.values() if r["method"] in HARD and "text" in r),
+                  key=lambda r: (r["task"], r["method"], r["seed"], r["budget"]))
     if hard:
-        lines += ["**Discovered hard prompts:**", "", "| task | method | tokens | seed | accuracy % | steps | "
-                  "search s | perplexity | text |", "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['task']} | {r['method']} | {r['length']} | {r['seed']} | {fmt(r['accuracy'])} | "
-                  f"{r['steps_taken']} | {r['search_seconds']} | {r['perplexity'] and round(r['perplexity'])} | "
-                  f"`{r['text']!r}` |" for r in hard]
+        lines += ["**Discovered hard prompts** (eval accuracy with the template they were found for; transfer: the "
+                  "same text in front of the other template — the manual one for pez_reference, the task's own for "
+                  "the others):", "",
+                  "| task | method | seed | examples | eval % | transfer % | perplexity | text |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['task']} | {r['method']} | {r['seed']} | {r['budget']:,} | {100 * r['eval']:.1f} | "
+                  f"{_percent(r.get('transfer'))} | {r['perplexity'] and round(r['perplexity'])} | `{r['text']!r}` |"
+                  for r in hard]
         lines.append("")
     if missing:
         lines.append(f"Not run yet: {', '.join(missing)}.")
     return "\n".join(lines)
 
 
-def fmt(accuracy) -> str:
-    return "—" if accuracy is None else f"{100 * accuracy:.1f}"
+def _cell(summary: dict | None) -> str:
+    if summary is None:
+        return "—"
+    std = f" ± {100 * summary['eval_std']:.1f}" if summary["eval_std"] is not None else ""
+    return f"{100 * summary['eval_mean']:.1f}{std} ({100 * summary['validation_mean']:.1f})"
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
 
 
 def plots(records: dict, plan: dict, images: Path, suffix: str) -> list[str]:
-    """Accuracy against search seconds for PEZ / projected SGD / GCG, and accuracy against prompt length."""
-    from peft_softhard.app.plots import plot_accuracy_vs_length, plot_score_vs_seconds
+    """Eval accuracy against examples seen (each task) and against search seconds (SST-2), first seed."""
+    from peft_softhard.app.plots import line_plot
 
-    written = []
-    seed, length = plan["seeds"][0], plan["length"]
-    records = {name: r for name, r in records.items() if not r.get("budget")}
-    curves = {m: records.get(record_name({"task": "sst2", "method": m, "length": length, "seed": seed}))
-              for m in ("pez", "psgd", "gcg")}
-    curves = {LABELS[m]: (r["score_seconds"], [score for _, score in r["selection_scores"]])
-              for m, r in curves.items() if r}
-    if curves:
-        written.append(str(plot_score_vs_seconds(curves, images / f"quality_wall_clock{suffix}.png",
-                                                 title="SST-2, SmolLM2-135M: accuracy vs wall clock")))
-    points = {LABELS[m]: [(r["length"], r["accuracy"]) for r in records.values()
-                          if r["task"] == "sst2" and r["method"] == m and r["seed"] == seed] for m in ("soft", "pez")}
-    points = {label: values for label, values in points.items() if len(values) > 1}
-    if points:
-        written.append(str(plot_accuracy_vs_length(points, images / f"quality_length{suffix}.png")))
+    seed, written = plan["seeds"][0], []
+    for task in ("sst2", "ag_news"):
+        mine = [r for r in records.values() if r["task"] == task and r["seed"] == seed and r["budget"]]
+        for axis, xlabel, scale in (("examples_seen", "examples seen", "log"),
+                                    ("search_seconds", "seconds (validation scoring not counted)", "linear")):
+            lines = {}
+            for method in LABELS:
+                points = sorted((r[axis], r["eval"]) for r in mine if r["method"] == method)
+                if points:
+                    lines[LABELS[method]] = tuple(zip(*points, strict=True))
+            if lines and (axis == "examples_seen" or task == "sst2"):
+                path = images / f"quality_{task}_{axis.split('_')[0]}{suffix}.png"
+                written.append(str(line_plot(lines, path, xlabel, f"{task}, SmolLM2-135M: eval accuracy vs {xlabel}",
+                                             ylabel="eval accuracy", xscale=scale)))
     return written
 
 
 # ------------------------------------------------------------------------------------------------ main
 def main() -> None:
-    options = parser(__doc__, RESULTS, quick_help="smaller subsets, one seed: < 10 min on SmolLM2")
+    options = parser(__doc__, RESULTS, quick_help="small subsets, one seed (minutes on SmolLM2)")
     options.add_argument("--work-dir", default=str(HERE.parent / "out" / "benchmarks" / "quality"),
-                         help="finished rows (resumable)")
+                         help="finished stages and checkpoints (resumable)")
     options.add_argument("--images", default=str(IMAGES), help="where the PNG plots go")
-    options.add_argument("--report-only", action="store_true", help="write the report from the rows done so far")
+    options.add_argument("--report-only", action="store_true", help="write the report from the stages done so far")
     args = options.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     name = plan_name(args)
@@ -442,36 +365,42 @@ def main() -> None:
     work = Path(args.work_dir) / name
     (work / "records").mkdir(parents=True, exist_ok=True)
     records = {p.stem: json.loads(p.read_text()) for p in sorted((work / "records").glob("*.json"))}
-    keys = plan_rows(plan)
+    stages = plan_stages(plan)
     if not args.report_only:
         base, tokenizer = load(args.tiny)
-        for key in keys:
-            name_of_row = record_name(key)
-            if name_of_row in records:
+        objectives = Objectives(tokenizer, plan)
+        for row, budget in stages:
+            key = record_name(row, budget)
+            if key in records:
                 continue
-            logger.info("row %s", name_of_row)
-            if key["method"] == "minilm_soft":
-                done = run_minilm_row(key, plan, work)
-            else:
-                done = run_row(key, base, tokenizer, plan, work, args.tiny, records)
-                base = strip_adapters(base)
-            for record in done:
-                logger.info("row %s: accuracy %.4f (train %.0f s, eval %.0f s)", record_name(record),
-                            record["accuracy"], record["train_seconds"], record["eval_seconds"])
-                records[record_name(record)] = record
-                (work / "records" / f"{record_name(record)}.json").write_text(json.dumps(record, indent=1))
-    missing = [record_name(k) for k in keys if record_name(k) not in records]
-    summary = summarise(records, plan)
+            logger.info("stage %s", key)
+            record = run_stage(row, budget, base, tokenizer, objectives, plan, work, records)
+            base = strip_adapters(base)
+            logger.info("%s: eval %.4f, validation %.4f (step %s), %.0f s", key, record["eval"], record["validation"],
+                        record.get("best_step"), record["seconds"])
+            records[key] = record
+            (work / "records" / f"{key}.json").write_text(json.dumps(record, indent=1))
+    missing = [record_name(row, budget) for row, budget in stages if record_name(row, budget) not in records]
+    summary = summarise(records)
     report = markdown(records, summary, plan, missing)
     print(report)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".md").write_text(report + "\n")
     images = plots(records, plan, Path(args.images), "" if name == "full" else f"_{name}")
-    total = sum(r["train_seconds"] + r["eval_seconds"] for r in records.values())
     write_results(output, "prompt-method quality on SST-2 and AG News", started, plan_name=name, plan=plan,
-                  summary=summary["rows"], records=records, missing=missing, images=images,
-                  seconds_of_all_rows=round(total, 1))
+                  summary=summary, records=records, missing=missing, images=images,
+                  seconds_of_all_stages=round(total_seconds(records), 1))
+
+
+def total_seconds(records: dict) -> float:
+    """The CPU seconds of everything done so far: each run's own seconds (a record holds its run's seconds up
+    to its budget, the earlier budgets included) and every eval scoring."""
+    runs: dict[tuple, float] = {}
+    for r in records.values():
+        key = (r["task"], r["method"], r["seed"])
+        runs[key] = max(runs.get(key, 0.0), r["seconds"])
+    return sum(runs.values()) + sum(r["eval_seconds"] for r in records.values())
 
 
 if __name__ == "__main__":

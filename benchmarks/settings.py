@@ -36,6 +36,7 @@ ROWS = {
     "soft adamw 1e-1 labels": ("soft", {"optimizer": "adamw", "lr": 1e-1, "init": "labels"}),
     "soft adafactor 0.3 labels": ("soft", {"optimizer": "adafactor", "lr": 0.3, "init": "labels"}),
     "soft adamw 3e-2 manual": ("soft", {"optimizer": "adamw", "lr": 3e-2, "init": "manual"}),
+    "soft adamw 3e-3 manual": ("soft", {"optimizer": "adamw", "lr": 3e-3, "init": "manual"}),
     "soft adamw 3e-2 vocab": ("soft", {"optimizer": "adamw", "lr": 3e-2, "init": "vocab"}),
     "hard pez adamw 0.1 vocab": ("hard", {"method": "pez", "optimizer": "adamw", "lr": 0.1, "init": "vocab"}),
     "hard pez adafactor 0.3 labels": ("hard", {"method": "pez", "optimizer": "adafactor", "lr": 0.3,

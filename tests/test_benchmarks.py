@@ -97,22 +97,30 @@ def test_quality_benchmark_tiny_run(tmp_path):
     arguments = ["--tiny", "--work-dir", str(tmp_path / "work"), "--images", str(tmp_path / "images")]
     results = run_benchmark("quality", tmp_path, *arguments)
     assert results["missing"] == []
+    records = results["records"]
     methods = {(row["task"], row["method"]) for row in results["summary"]}
-    assert {m for task, m in methods if task == "sst2"} == {
-        "manual", "soft", "projection", "pez", "stock_text", "stock_vocab", "psgd", "gcg", "pez_fluency", "lora",
-        "minilm_soft"}
-    assert all(0.0 <= row["accuracy_mean"] <= 1.0 for row in results["summary"])
-    assert {Path(p).name for p in results["images"]} == {"quality_wall_clock_tiny.png", "quality_length_tiny.png"}
-    gcg, pez = results["records"]["sst2-gcg-3-seed0"], results["records"]["sst2-pez-3-seed0"]
-    assert gcg["search_seconds"] >= pez["search_seconds"]  # GCG ran (at least) PEZ's wall time
-    again = run_benchmark("quality", tmp_path, *arguments)  # every row done: the rerun only reports
-    assert again["records"] == results["records"]
+    assert methods == {(task, m) for task in ("sst2", "ag_news")
+                       for m in ("template", "manual", "soft", "discover", "gcg", "pez_reference", "lora")}
+    assert all(0.0 <= r["eval"] <= 1.0 and 0.0 <= r["validation"] <= 1.0 for r in records.values())
+    assert {Path(p).name for p in results["images"]} == {
+        "quality_sst2_examples_tiny.png", "quality_sst2_search_tiny.png", "quality_ag_news_examples_tiny.png"}
+    # a larger budget continues the smaller one's run: its history starts with the smaller run's
+    short, longer = records["sst2-discover-seed0-8"], records["sst2-discover-seed0-16"]
+    assert (short["steps"], longer["steps"]) == (2, 4)
+    assert longer["score_history"][:len(short["score_history"])] == short["score_history"]
+    assert longer["validation"] >= short["validation"]  # the best of more steps, on the same validation rows
+    assert records["sst2-soft-seed0-24"]["steps"] == 6 and records["sst2-soft-seed1-16"]["seed"] == 1
+    gcg = records["sst2-gcg-seed0-8"]
+    assert gcg["search_seconds"] >= short["search_seconds"]  # GCG ran (at least) discover's wall time
+    assert all("transfer" in records[f"sst2-{m}-seed0-16"] for m in ("discover", "gcg", "pez_reference"))
+    again = run_benchmark("quality", tmp_path, *arguments)  # every stage done: the rerun only reports
+    assert again["records"] == records
 
 
 def test_settings_benchmark_tiny_run(tmp_path):
     records = run_benchmark("settings", tmp_path, "--tiny", "--work-dir", str(tmp_path / "work"))["records"]
     trained = [r for r in records if r["row"] != "manual template alone"]
-    assert len(trained) == 10 and all(0 <= r["eval"] <= 1 for r in records)
+    assert len(trained) == 11 and all(0 <= r["eval"] <= 1 for r in records)
     for record in trained:  # step 0 is scored, so the chosen step is never worse on validation than the start
         assert record["score_history"][0][0] == 0 and record["validation"] >= record["score_history"][0][1]
 

@@ -23,7 +23,7 @@ from conftest import task_args
 
 def command(files, run: str, output) -> list[str]:
     return [sys.executable, "-m", "peft_softhard.app.cli", *RUNS[run], "--model", str(files / "tiny-gpt2"),
-            *task_args(files), "--steps", "120", "--batch-size", "4", "--eval-interval", "10",
+            *task_args(files), "--steps", "40", "--batch-size", "4", "--eval-interval", "10",
             "--checkpoint-interval", "1", "--output-dir", str(output), "--json"]
 
 

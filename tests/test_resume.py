@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from peft import get_peft_model
@@ -88,6 +90,29 @@ def test_interrupted_discovery_resumes_to_the_uninterrupted_result(tmp_path, sen
     assert result.token_ids == expected.token_ids and result.best_score == expected.best_score
     assert result.score_history == expected.score_history
     assert result.loss_history == pytest.approx(expected.loss_history, abs=1e-6)
+
+
+def test_a_finished_run_continued_to_more_steps_ends_as_the_longer_run(tmp_path, sentiment):
+    # how the quality benchmark measures one run at several budgets (constant learning rates)
+    config = DiscoveryConfig(steps=12, batch_size=4, eval_interval=3, lr=0.05, show_progress=False)
+    prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    model = build(lambda: tiny_gpt2(initializer_range=0.3))
+    expected = run(model, sentiment, config, prompt)
+    shorter = dataclasses.replace(config, steps=6)
+    first = run(model, sentiment, shorter, prompt, checkpoint_dir=str(tmp_path), checkpoint_interval=4)
+    result = run(model, sentiment, config, prompt, checkpoint_dir=str(tmp_path), resume=True)
+    assert first.steps == 6 and result.steps == 12
+    assert result.score_history == expected.score_history and result.token_ids == expected.token_ids
+    assert result.loss_history == pytest.approx(expected.loss_history, abs=1e-6)
+
+
+def test_a_run_stopped_by_its_time_limit_checkpoints_where_it_stopped(tmp_path, sentiment):
+    config = DiscoveryConfig(steps=1000, batch_size=4, eval_interval=500, lr=0.05, max_seconds=1e-6,
+                             show_progress=False)
+    result = run(build(lambda: tiny_gpt2(initializer_range=0.3)), sentiment, config,
+                 SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=3), checkpoint_dir=str(tmp_path),
+                 checkpoint_interval=500)
+    assert result.steps == 1 and load_checkpoint(tmp_path)["loop"]["step"] == 1  # not lost: a longer run continues
 
 
 def test_checkpoints_hold_no_pickle_and_round_trip(tmp_path):

@@ -64,11 +64,12 @@ def _data(args, task, for_training: bool = False):
 
 
 def _check_init(args) -> None:
-    """The `--init` options that are wrong whatever the task and model are."""
+    """The `--init` options that are wrong whatever the task and model are (before anything is loaded)."""
+    from .tasks import check_prompt_init
+
     if args.init == "soft" and not getattr(args, "init_adapter", None):
         raise ValueError("--init soft needs --init-adapter: the folder of a trained soft prompt (out/train/n10/best).")
-    if args.init == "text" and not args.init_text:
-        raise ValueError("--init text needs --init-text 'the text the prompt starts from'.")
+    check_prompt_init(args.init, args.init_text)
 
 
 def _with_init(prompt, args, task, tokenizer):
@@ -343,15 +344,17 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
 
 
 def _add_train(commands) -> None:
+    from ..optimization.training import TrainConfig
+
     train = commands.add_parser("train", help="train a soft (or hard) prompt on a task",
                                 description="Train a SOFTHARD prompt; the best adapter is kept; --resume continues.")
     _add_model_and_task(train)
     train.add_argument("--mode", default="soft", choices=["soft", "hard"], help="default %(default)s")
     train.add_argument("--num-virtual-tokens", type=int, nargs="+", default=[10],
                        help="prompt length; several values train one prompt each and plot score vs length")
-    # the task's instruction: the best start on validation rows (benchmarks/settings.py; lr 3e-3 was best too)
+    # the task's instruction and TrainConfig's lr: the best on validation rows (benchmarks/settings.py)
     _add_prompt_init(train, default="manual")
-    _add_optimisation(train, lr=3e-3, eval_interval=50)
+    _add_optimisation(train, lr=TrainConfig.lr, eval_interval=50)
     train.add_argument("--optimizer", default="adamw", choices=["adamw", "adafactor"], help="default %(default)s")
     _add_output(train, "out/train")
     train.set_defaults(handler=cmd_train)

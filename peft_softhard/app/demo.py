@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,8 @@ import torch
 from ..files.checkpoint import save_adapter_atomically, write_text_atomically
 from ..method.config import SoftHardConfig
 from ..objectives import DistillationObjective
-from ..optimization.discovery import DiscoveryConfig, run
-from ..optimization.training import TrainConfig, train_prompt
+from ..optimization.discovery import DiscoveryConfig, DiscoveryResult, run
+from ..optimization.training import TrainConfig, TrainResult, train_prompt
 from ..reading import project_prompt
 from .models import DEFAULT_MODEL, load_model
 from .plots import plot_training_curves
@@ -45,11 +46,14 @@ def run_demo(args: Any) -> dict:
 
     empty = torch.tensor([], dtype=torch.long)
     say(f"[1/4] training a 10-token soft prompt: {args.soft_steps} steps x {args.batch_size} examples")
-    soft_model, soft = _train_soft(args, model, tokenizer, objective, output / "soft")
+    soft_model, soft = train_soft(model, tokenizer, objective, output / "soft", args.soft_steps, args.batch_size,
+                                  args.seed, show_progress=not quiet)
     soft_vectors = soft_model.prompt_encoder["default"].prompt_embeddings().detach()  # the best step's
-    say(f"[2/4] discovering a 5-token hard prompt: {args.hard_steps} steps x {args.batch_size} examples, "
-        f"{HARD_SEARCH['method']} from {HARD_INIT!r}")
-    hard = _discover_hard(args, model, tokenizer, objective, output / "hard", soft_vectors)
+    hard_settings = HardSearch()
+    say(f"[2/4] discovering a {hard_settings.length}-token hard prompt: {args.hard_steps} steps x "
+        f"{args.batch_size} examples, {hard_settings.search['method']} from {hard_settings.init!r}")
+    hard = discover_hard(model, tokenizer, objective, output / "hard", args.hard_steps,
+                         args.batch_size, args.seed, soft_vectors, hard_settings, show_progress=not quiet)
     say("[3/4] reading the soft prompt as tokens")
     reading = project_prompt(soft_model, tokenizer)
     say(f"[4/4] scoring the manual, soft, hard prompts and the reading on the {rows['eval']} dev rows")
@@ -59,9 +63,9 @@ def run_demo(args: Any) -> dict:
     results["manual"]["validation"] = evaluate_prompt(model, objective, empty, "held_out")["accuracy"]
     results["soft"]["validation"], results["hard"]["validation"] = soft.best_score, hard.best_score
     results["reading"]["validation"] = None
-    plot = plot_training_curves({"soft prompt (10 tokens)": (soft.loss_history, soft.score_history),
-                                 "hard prompt (5 tokens)": (hard.loss_history, hard.score_history)},
-                                output / "training_curves.png")
+    curves = {"soft prompt (10 tokens)": (soft.loss_history, soft.score_history),
+              f"hard prompt ({hard_settings.length} tokens)": (hard.loss_history, hard.score_history)}
+    plot = plot_training_curves(curves, output / "training_curves.png")
     payload = {
         "model": args.model or DEFAULT_MODEL, "train_rows": rows["train"], "validation_rows": rows["validation"],
         "eval_rows": rows["eval"], **results, "hard_text": hard.text, "hard_token_ids": hard.token_ids,
@@ -79,38 +83,53 @@ def run_demo(args: Any) -> dict:
     return payload
 
 
-# The settings chosen on validation rows (benchmarks/settings.py, benchmarks/demo_settings.py) for a few
-# minutes of CPU. HARD_INIT "soft": the hard search starts from the trained soft prompt's reading.
-SOFT_INIT = "manual"
-HARD_INIT = "manual"
-HARD_SEARCH = {"method": "pez", "optimizer": "adafactor", "lr": 0.3, "weight_decay": 0.0}
-HARD_DISTILLED = False  # match the soft prompt's answers instead of the labels
+SOFT_INIT = "manual"  # chosen on validation rows by benchmarks/settings.py
 
 
-def _train_soft(args: Any, model: Any, tokenizer: Any, objective: Any, output: Path):
+@dataclass
+class HardSearch:
+    """How the demo searches for its hard prompt. The default is the setting `benchmarks/demo_settings.py`
+    chose on the demo's validation rows (never on the dev rows the demo reports)."""
+
+    length: int = 5
+    init: str = "manual"  # a `--init` choice; "soft": the first `length` vectors of the trained soft prompt
+    search: dict[str, Any] = field(default_factory=lambda: {"method": "pez", "optimizer": "adafactor", "lr": 0.3,
+                                                            "weight_decay": 0.0})  # `DiscoveryConfig` fields
+    distilled: bool = False  # match the soft prompt's answers instead of the labels
+
+
+def train_soft(model: Any, tokenizer: Any, objective: Any, output: Path, steps: int, batch_size: int, seed: int,
+               show_progress: bool = True) -> tuple[Any, TrainResult]:
+    """The demo's 10-token soft prompt, from the task's instruction: (the peft model, holding the best step's
+    prompt, and the training result)."""
     from peft import get_peft_model
 
     prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=10, mode="soft",
                             **prompt_init(SST2, SOFT_INIT, tokenizer, 10))
     soft_model = get_peft_model(model, prompt)
-    interval = max(1, args.soft_steps // 3)
+    interval = max(1, steps // 3)
     result = train_prompt(soft_model, objective, TrainConfig(
-        steps=args.soft_steps, batch_size=args.batch_size, eval_interval=interval, checkpoint_interval=interval,
-        seed=args.seed, show_progress=not args.json), output)
+        steps=steps, batch_size=batch_size, eval_interval=interval, checkpoint_interval=interval, seed=seed,
+        show_progress=show_progress), output)
     return soft_model, result
 
 
-def _discover_hard(args: Any, model: Any, tokenizer: Any, objective: Any, output: Path, soft_vectors: torch.Tensor):
-    """The 5-token hard prompt: HARD_SEARCH from HARD_INIT (the first 5 of the soft prompt's 10 vectors for
-    "soft"), on the labels or, with HARD_DISTILLED, on the soft prompt's answers."""
-    prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, mode="hard", word_start_only=True,
-                            round_trip_only=True, **prompt_init(SST2, HARD_INIT, tokenizer, 5))
-    config = DiscoveryConfig(steps=args.hard_steps, batch_size=args.batch_size,
-                             eval_interval=max(1, args.hard_steps // 2), seed=args.seed, show_progress=not args.json,
-                             **HARD_SEARCH)
-    if HARD_DISTILLED:
+def discover_hard(model: Any, tokenizer: Any, objective: Any, output: Path, steps: int, batch_size: int, seed: int,
+                  soft_vectors: torch.Tensor | None = None, settings: HardSearch | None = None,
+                  show_progress: bool = True) -> DiscoveryResult:
+    """The demo's hard prompt: `settings.search` from `settings.init`, on the labels or (`settings.distilled`)
+    on the answers of the soft prompt `soft_vectors` [10, d]; its adapter is saved under `output`/adapter."""
+    settings = settings or HardSearch()
+    if (settings.init == "soft" or settings.distilled) and soft_vectors is None:
+        raise ValueError("This hard-prompt setting starts from or distils the soft prompt: pass soft_vectors.")
+    prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=settings.length, mode="hard",
+                            word_start_only=True, round_trip_only=True,
+                            **prompt_init(SST2, settings.init, tokenizer, settings.length))
+    config = DiscoveryConfig(steps=steps, batch_size=batch_size, eval_interval=max(1, steps // 2), seed=seed,
+                             show_progress=show_progress, **settings.search)
+    if settings.distilled:
         objective = DistillationObjective(objective, soft_vectors)
-    start = soft_vectors[:5] if HARD_INIT == "soft" else None
+    start = soft_vectors[:settings.length] if settings.init == "soft" else None
     result = run(model, objective, config, prompt, tokenizer, checkpoint_dir=str(output / "checkpoint"),
                  init_prompt=start)
     save_adapter_atomically(result.to_peft_model(model), output / "adapter")
@@ -142,4 +161,4 @@ def _report(payload: dict, soft: Any, hard: Any, reading: Any) -> None:
           "full-set numbers).")
 
 
-__all__ = ["run_demo"]
+__all__ = ["HardSearch", "discover_hard", "run_demo", "train_soft"]

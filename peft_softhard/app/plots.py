@@ -26,7 +26,7 @@ def plot_training_curves(curves: dict[str, tuple[list[float], list[tuple[int, fl
 def plot_accuracy_vs_length(points: dict[str, list[tuple[int, float]]], path: str | Path) -> Path:
     """Held-out score against prompt length, a line per method: {label: [(num_virtual_tokens, score), ...]}."""
     lines = {label: tuple(zip(*sorted(values), strict=True)) for label, values in points.items()}
-    return _line_plot(lines, path, xlabel="prompt length (virtual tokens)", title="Score vs prompt length")
+    return line_plot(lines, path, xlabel="prompt length (virtual tokens)", title="Score vs prompt length")
 
 
 def plot_score_vs_seconds(curves: dict[str, tuple[list[float], list[float]]], path: str | Path,
@@ -34,15 +34,16 @@ def plot_score_vs_seconds(curves: dict[str, tuple[list[float], list[float]]], pa
     """Held-out score against search seconds, a line per run: {label: (seconds, scores)}, e.g. from a
     `DiscoveryResult`'s `score_seconds` and `score_history` — how to compare cheap-step and expensive-step
     methods."""
-    return _line_plot(curves, path, xlabel="search seconds (held-out scoring not counted)", title=title)
+    return line_plot(curves, path, xlabel="search seconds (held-out scoring not counted)", title=title)
 
 
-def _line_plot(lines: dict[str, tuple], path: str | Path, xlabel: str, title: str) -> Path:
-    """Held-out score against `xlabel`, a marked line per label: {label: (xs, scores)}."""
+def line_plot(lines: dict[str, tuple], path: str | Path, xlabel: str, title: str, ylabel: str = "held-out score",
+              xscale: str = "linear") -> Path:
+    """A score against `xlabel`, a marked line per label: {label: (xs, scores)}."""
     figure, axis = _pyplot().subplots(figsize=(6, 4))
     for label, (xs, scores) in lines.items():
         axis.plot(xs, scores, marker="o", label=label)
-    axis.set(xlabel=xlabel, ylabel="held-out score", title=title)
+    axis.set(xlabel=xlabel, ylabel=ylabel, title=title, xscale=xscale)
     axis.grid(alpha=0.3)
     axis.legend()
     return _save(figure, path)

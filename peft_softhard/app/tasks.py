@@ -340,10 +340,17 @@ def task_objective(task: Task, data: TaskData, tokenizer: Any, task_type: str = 
 PROMPT_INITS = ("vocab", "random", "text", "manual", "labels", "soft")
 
 
-def prompt_init(task: Task, init: str, tokenizer: Any, length: int, init_text: str | None = None) -> dict[str, Any]:
-    """`SoftHardConfig`'s init fields for a `--init` choice (for "soft" the caller loads the vectors)."""
+def check_prompt_init(init: str, init_text: str | None = None) -> None:
+    """Raise a clear error for a `--init` choice that is wrong whatever the task and the model are."""
     if init not in PROMPT_INITS:
         raise ValueError(f"Unknown init {init!r}: choose one of {', '.join(PROMPT_INITS)}.")
+    if init == "text" and not init_text:
+        raise ValueError("--init text needs --init-text 'the text the prompt starts from'.")
+
+
+def prompt_init(task: Task, init: str, tokenizer: Any, length: int, init_text: str | None = None) -> dict[str, Any]:
+    """`SoftHardConfig`'s init fields for a `--init` choice (for "soft" the caller loads the vectors)."""
+    check_prompt_init(init, init_text)
     if init in ("manual", "labels"):
         if init == "manual":
             text = task.instruction or " ".join((task.manual_template or task.template).replace("{text}", " ").split())
@@ -355,6 +362,4 @@ def prompt_init(task: Task, init: str, tokenizer: Any, length: int, init_text: s
         return {"init": "token_ids", "init_token_ids": (ids * math.ceil(length / len(ids)))[:length]}
     if init == "soft":
         return {"init": "vocab"}  # replaced by the soft prompt's vectors
-    if init == "text" and not init_text:
-        raise ValueError("--init text needs --init-text 'the text the prompt starts from'.")
     return {"init": init, "init_text": init_text}

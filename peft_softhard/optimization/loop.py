@@ -280,8 +280,8 @@ class _Restart:
                                    before["loop"]["step"], self.checkpoint_dir)
                 bar.close()
                 raise
-            if self.checkpoint_dir is not None and (
-                    state.step % self.checkpoint_interval == 0 or state.step == config.steps):
+            if self.checkpoint_dir is not None and (  # out of time: so that a longer run can continue from here
+                    state.step % self.checkpoint_interval == 0 or state.step == config.steps or out_of_time):
                 save_checkpoint(self.checkpoint_dir, self.snapshot())
             bar.update(1)
             bar.set_postfix(loss=f"{state.losses[-1]:.3f}", best=f"{state.best.score:.3f}")
