@@ -107,7 +107,7 @@ def train_soft(model: Any, tokenizer: Any, objective: Any, output: Path, steps: 
     prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=10, mode="soft",
                             **prompt_init(SST2, SOFT_INIT, tokenizer, 10))
     soft_model = get_peft_model(model, prompt)
-    interval = max(1, steps // 3)
+    interval = max(1, steps // 2)  # scored at 0, half, all: a score costs about 8 steps
     result = train_prompt(soft_model, objective, TrainConfig(
         steps=steps, batch_size=batch_size, eval_interval=interval, checkpoint_interval=interval, seed=seed,
         show_progress=show_progress), output)
