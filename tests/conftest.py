@@ -68,10 +68,11 @@ def task_args(files) -> list[str]:
             "--template", " {text}. It was", "--label-word", " bad", "--label-word", " good"]
 
 
-# The three long-running CLI jobs the kill/resume and multi-process tests compare against uninterrupted,
-# single-process runs (with the tiny model and task of `files`).
+# The long-running CLI jobs the kill/resume and multi-process tests compare against uninterrupted,
+# single-process runs (with the tiny model and task of `files`). Soft training is not among them: it is hard
+# training's loop, checkpoints and gradient averaging without the projection (its in-process resume is in
+# test_resume.py), and each of these subprocess tests costs half a minute.
 CLI_RUNS = {
-    "train-soft": ["train", "--mode", "soft", "--num-virtual-tokens", "3", "--lr", "0.05"],
     "train-hard": ["train", "--mode", "hard", "--num-virtual-tokens", "3", "--lr", "0.05"],
     "discover-pez": ["discover", "--method", "pez", "--num-virtual-tokens", "3", "--lr", "0.05"],
 }

