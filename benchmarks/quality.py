@@ -18,7 +18,7 @@ the 3,200 run passes through the 800 one): its number is the best prompt of the 
 Eval splits: SST-2's full dev set (872 rows); AG News' official test set, a seeded class-balanced 2,000 rows.
 Each SST-2 hard prompt is also scored as text with the other template (transfer).
 
-    python benchmarks/quality.py            # everything: about 5 hours on 2 cores, resumable
+    python benchmarks/quality.py            # everything: about 8-9 hours on 2 cores, resumable
     python benchmarks/quality.py --quick    # small subsets, one seed (minutes)
     python benchmarks/quality.py --tiny     # a tiny random GPT-2 (the test suite's smoke run)
 
