@@ -174,12 +174,13 @@ def train_soft(base, tokenizer, objective, row: Row, budget: int, plan: dict, wo
 def search_hard(base, tokenizer, objective, row: Row, budget: int, plan: dict, work: Path,
                 max_seconds: float | None = None) -> dict:
     from peft_softhard import DiscoveryConfig, SoftHardConfig, run
-    from peft_softhard.app.cli import DISCOVER_DEFAULTS
+    from peft_softhard.app.cli import DISCOVER_DEFAULTS, discover_defaults
     from peft_softhard.app.tasks import prompt_init
 
     settings = stage_config(plan, row.method, budget, row.seed)
     if row.method == "pez_reference":
-        config, init = DiscoveryConfig.from_preset("pez-reference", **settings), "labels"
+        config = DiscoveryConfig.from_preset("pez-reference", **settings)
+        init = discover_defaults("pez-reference")["init"]  # the reference's own init, as `--preset` sets it
     else:
         search = {k: DISCOVER_DEFAULTS[k] for k in ("method", "lr", "optimizer", "weight_decay")}
         if row.method == "gcg":  # as many steps as fit in discover's wall time

@@ -369,14 +369,13 @@ DISCOVER_DEFAULTS = {"method": "pez", "num_virtual_tokens": 10, "init": "manual"
 
 def discover_defaults(preset: str | None) -> dict:
     """`softhard discover`'s defaults, or a preset's (`--preset`; explicit options still win)."""
-    from ..optimization.discovery import PRESETS
+    from ..optimization.discovery import preset_settings
 
     if preset is None:
         return DISCOVER_DEFAULTS
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r}: choose one of {', '.join(PRESETS)}.")
     # the reference's own init and selection rows; it trains on the rest of the train split
-    return {**DISCOVER_DEFAULTS, **PRESETS[preset], "init": "labels", "validation_rows": 5000, "max_train": None}
+    return {**DISCOVER_DEFAULTS, **preset_settings(preset), "init": "labels", "validation_rows": 5000,
+            "max_train": None}
 
 
 def _add_discover(commands, preset: str | None = None) -> None:

@@ -87,9 +87,7 @@ class DiscoveryConfig(LoopConfig):
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> DiscoveryConfig:
         """A named setting (`PRESETS`), with any field overridden."""
-        if name not in PRESETS:
-            raise ValueError(f"Unknown preset {name!r}: choose one of {', '.join(PRESETS)}.")
-        return cls(**{**PRESETS[name], **overrides})
+        return cls(**{**preset_settings(name), **overrides})
 
 
 # The PEZ reference language-model setting (YuxinWenRick/hard-prompts-made-easy, prompt_lm/): Adafactor at a
@@ -99,6 +97,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "pez-reference": {"method": "pez", "optimizer": "adafactor", "lr": 0.3, "weight_decay": 0.0, "steps": 5000,
                       "batch_size": 16, "eval_interval": 100, "grad_clip": 1.0},
 }
+
+
+def preset_settings(name: str) -> dict[str, Any]:
+    """The `DiscoveryConfig` fields of a named setting (`PRESETS`)."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}: choose one of {', '.join(PRESETS)}.")
+    return dict(PRESETS[name])
 
 
 @dataclass
