@@ -6,11 +6,13 @@ reports are not touched here, so choosing the demo's default with this table lea
     python benchmarks/demo_settings.py          # ~2 minutes a setting on 2 cores
     python benchmarks/demo_settings.py --tiny   # a tiny random GPT-2 (smoke run)
 
-Writes benchmarks/results/demo_settings.json.
+Writes benchmarks/results/demo_settings.json; a run of some settings (`--only`) replaces their rows there and
+keeps the others.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from subjects import SHARED, load, parser
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "demo_settings.json"
 ADAFACTOR = {"optimizer": "adafactor", "lr": 0.3, "weight_decay": 0.0}
+GCG = {"gcg_candidates": 16, "gcg_top_k": 32, "buffer_size": 4, "n_replace": 1}
 
 
 def settings():
@@ -30,8 +33,14 @@ def settings():
         "pez adamw 0.03 vocab (0.1.0's demo)": HardSearch(init="vocab", search={"method": "pez", "lr": 0.03}),
         "pez adafactor 0.3 manual": HardSearch(init="manual", search={"method": "pez", **ADAFACTOR}),
         "pez adafactor 0.3 labels": HardSearch(init="labels", search={"method": "pez", **ADAFACTOR}),
+        "pez adafactor 0.3 vocab": HardSearch(init="vocab", search={"method": "pez", **ADAFACTOR}),
+        "pez adafactor 0.3 vocab, 10 tokens": HardSearch(length=10, init="vocab",
+                                                         search={"method": "pez", **ADAFACTOR}),
         "pez adafactor 0.3 soft, distilled": HardSearch(init="soft", search={"method": "pez", **ADAFACTOR},
                                                         distilled=True),
+        # exact search: run with --hard-steps 5, about the compute of 40 PEZ steps (16 candidates on 8 rows a step)
+        "gcg manual": HardSearch(init="manual", search={"method": "gcg", **GCG}),
+        "gcg vocab": HardSearch(init="vocab", search={"method": "gcg", **GCG}),
         "pez_refine manual": HardSearch(init="manual", search={
             "method": "pez_refine", **ADAFACTOR, "refine_share": 0.25, "buffer_size": 4, "n_replace": 1,
             "gcg_candidates": 8, "gcg_top_k": 32}),
@@ -56,21 +65,29 @@ def main() -> None:
                           6 if small else 150)
     objective = task_objective(SST2, data, tokenizer, template=SST2.manual_template)
     work = HERE.parent / "out" / "benchmarks" / "demo_settings" / ("tiny" if small else "full")
-    soft_model, soft = train_soft(model, tokenizer, objective, work / "soft", soft_steps, batch, 0, show_progress=False)
-    vectors = soft_model.prompt_encoder["default"].prompt_embeddings().detach()
-    base = soft_model.get_base_model()
+    chosen = {name: setting for name, setting in settings().items() if name.startswith(args.only)}
     empty = torch.tensor([], dtype=torch.long)
-    rows = [{"setting": "manual template alone", "validation": objective.score(base, empty)},
-            {"setting": "soft prompt (10 tokens)", "validation": soft.best_score, "seconds": round(soft.seconds, 1)}]
-    for name, setting in settings().items():
-        if not name.startswith(args.only):
-            continue
-        hard = discover_hard(base, tokenizer, objective, work / name.replace(" ", "_"), hard_steps, batch, 0,
+    rows = [{"setting": "manual template alone", "validation": objective.score(model, empty)}]
+    vectors = None
+    if any(setting.init == "soft" or setting.distilled for setting in chosen.values()):
+        soft_model, soft = train_soft(model, tokenizer, objective, work / "soft", soft_steps, batch, 0,
+                                      show_progress=False)
+        vectors = soft_model.prompt_encoder["default"].prompt_embeddings().detach()
+        model = soft_model.get_base_model()
+        rows.append({"setting": "soft prompt (10 tokens)", "validation": soft.best_score,
+                     "seconds": round(soft.seconds, 1)})
+    for name, setting in chosen.items():
+        hard = discover_hard(model, tokenizer, objective, work / name.replace(" ", "_"), hard_steps, batch, 0,
                              vectors, setting, show_progress=False)
         rows.append({"setting": name, "validation": hard.best_score, "start": hard.score_history[0][1],
-                     "best_step": hard.best_step, "text": hard.text, "seconds": round(hard.seconds, 1)})
+                     "best_step": hard.best_step, "steps": hard.steps, "text": hard.text,
+                     "seconds": round(hard.seconds, 1)})
         print(rows[-1], flush=True)
-    write_results(Path(args.output), "the demo's hard-prompt settings, on its validation rows", started, rows=rows)
+    output = Path(args.output)
+    if output.exists():  # a run of some settings (--only) keeps the other settings' rows
+        done = {row["setting"] for row in rows}
+        rows += [row for row in json.loads(output.read_text())["rows"] if row["setting"] not in done]
+    write_results(output, "the demo's hard-prompt settings, on its validation rows", started, rows=rows)
 
 
 if __name__ == "__main__":

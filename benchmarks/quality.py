@@ -252,10 +252,11 @@ def run_stage(row: Row, budget: int, base, tokenizer, objectives: Objectives, pl
         out = search_hard(base, tokenizer, objective, row, budget, plan, run_dir, max_seconds)
     model = out.pop("model", base)
     started = time.time()
-    scored = evaluate_prompt(model, objective, out.pop("prompt"))
+    scored = evaluate_prompt(model, objective, out.pop("prompt"), return_predictions=True)
     record = {**dataclasses.asdict(row), "budget": budget, "examples_seen": out["steps"] * plan["batch"], **out,
               "eval": round(scored["accuracy"], 4), "eval_macro_f1": round(scored["macro_f1"], 4),
-              "eval_rows": scored["examples"], "eval_seconds": round(time.time() - started, 1)}
+              "eval_rows": scored["examples"], "eval_seconds": round(time.time() - started, 1),
+              "eval_predictions": scored["predictions"]}
     if row.method == "lora":
         model.unload()  # LoRA wraps the base model's layers: take the wrappers out again
     if row.method in HARD and row.task == "sst2" and row.seed == plan["seeds"][0]:
@@ -265,7 +266,41 @@ def run_stage(row: Row, budget: int, base, tokenizer, objectives: Objectives, pl
     return record
 
 
+def add_missing_predictions(records: dict, base, objectives: Objectives, work: Path) -> None:
+    """Records written before they kept each eval row's prediction get them, where the prompt is in the record
+    (no prompt, or a hard prompt's tokens); soft and LoRA records from then stay without."""
+    from peft_softhard import evaluate_prompt
+
+    for key, record in records.items():
+        if "eval_predictions" in record or record["method"] not in ("template", "manual", *HARD):
+            continue
+        template = "task" if record["method"] in ("template", "pez_reference") else "manual"
+        prompt = torch.tensor(record.get("token_ids", []), dtype=torch.long)
+        scored = evaluate_prompt(base, objectives.get(record["task"], template), prompt, return_predictions=True)
+        if round(scored["accuracy"], 4) != record["eval"]:
+            raise RuntimeError(f"{key}: rescoring gave {scored['accuracy']:.4f}, the record says {record['eval']}.")
+        record["eval_predictions"] = scored["predictions"]
+        (work / "records" / f"{key}.json").write_text(json.dumps(record, indent=1))
+
+
 # ------------------------------------------------------------------------------------------------ report
+def against_manual(records: dict, labels: dict[str, list[int]]) -> list[dict]:
+    """Each record's eval accuracy minus the manual prompt's, on the same rows, with its paired 95% interval."""
+    from peft_softhard.metrics import accuracy_difference
+
+    rows = []
+    for record in sorted(records.values(), key=lambda r: (r["task"], r["method"], r["budget"], r["seed"])):
+        manual = records.get(record_name(Row(record["task"], "manual"), 0), {})
+        if record["method"] == "manual" or "eval_predictions" not in record or "eval_predictions" not in manual:
+            continue
+        difference, low, high = accuracy_difference(record["eval_predictions"], manual["eval_predictions"],
+                                                    labels[record["task"]])
+        rows.append({"task": record["task"], "method": record["method"], "budget": record["budget"],
+                     "seed": record["seed"], "minus_manual": round(difference, 4),
+                     "interval_95": [round(low, 4), round(high, 4)]})
+    return rows
+
+
 def summarise(records: dict) -> list[dict]:
     """Mean and std over seeds of each (task, method, budget)."""
     groups: dict[tuple, list[dict]] = {}
@@ -283,7 +318,7 @@ def summarise(records: dict) -> list[dict]:
     return summary
 
 
-def markdown(records: dict, summary: list[dict], plan: dict, missing: list[str]) -> str:
+def markdown(records: dict, summary: list[dict], plan: dict, missing: list[str], paired: list[dict]) -> str:
     budgets = sorted({s["budget"] for s in summary if s["budget"]})
     lines = []
     for task, title in (("sst2", "SST-2 (dev set)"), ("ag_news", "AG News (class-balanced test subset)")):
@@ -314,6 +349,15 @@ def markdown(records: dict, summary: list[dict], plan: dict, missing: list[str])
         lines += [f"| {r['task']} | {r['method']} | {r['seed']} | {r['budget']:,} | {100 * r['eval']:.1f} | "
                   f"{_percent(r.get('transfer'))} | {r['perplexity'] and round(r['perplexity'])} | `{r['text']!r}` |"
                   for r in hard]
+        lines.append("")
+    if paired:
+        lines += ["**Against the manual prompt** (eval accuracy minus the manual template's, on the same rows, in "
+                  "points, with the paired 95% interval; an interval that excludes 0 tells the two apart):", "",
+                  "| task | method | examples | seed | minus manual | 95% interval |", "|---|---|---|---|---|---|"]
+        for r in paired:
+            low, high = r["interval_95"]
+            lines.append(f"| {r['task']} | {LABELS.get(r['method'], r['method'])} | {r['budget']:,} | {r['seed']} | "
+                         f"{100 * r['minus_manual']:+.1f} | {100 * low:+.1f} to {100 * high:+.1f} |")
         lines.append("")
     if missing:
         lines.append(f"Not run yet: {', '.join(missing)}.")
@@ -370,6 +414,7 @@ def main() -> None:
     if not args.report_only:
         base, tokenizer = load(args.tiny)
         objectives = Objectives(tokenizer, plan)
+        add_missing_predictions(records, base, objectives, work)
         for row, budget in stages:
             key = record_name(row, budget)
             if key in records:
@@ -383,14 +428,17 @@ def main() -> None:
             (work / "records" / f"{key}.json").write_text(json.dumps(record, indent=1))
     missing = [record_name(row, budget) for row, budget in stages if record_name(row, budget) not in records]
     summary = summarise(records)
-    report = markdown(records, summary, plan, missing)
+    labels = {task: task_data(task, plan).evaluation[1] for task in {r["task"] for r in records.values()}}
+    paired = against_manual(records, labels)
+    report = markdown(records, summary, plan, missing, paired)
     print(report)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".md").write_text(report + "\n")
     images = plots(records, plan, Path(args.images), "" if name == "full" else f"_{name}")
     write_results(output, "prompt-method quality on SST-2 and AG News", started, plan_name=name, plan=plan,
-                  summary=summary, records=records, missing=missing, images=images,
+                  summary=summary, against_manual=paired, missing=missing, images=images,
+                  records={key: {k: v for k, v in r.items() if k != "eval_predictions"} for key, r in records.items()},
                   seconds_of_all_stages=round(total_seconds(records), 1))
 
 

@@ -1,4 +1,8 @@
-"""Smoke runs of the benchmark scripts on tiny inputs (the full runs are documented, not part of the suite)."""
+"""Smoke runs of the benchmark scripts on tiny inputs (the full runs are documented, not part of the suite).
+
+The scripts a test names with `@pytest.mark.benchmark_runs(...)` run once for the module, all in one
+Python process (tests/benchmark_runner.py), and each test reads its script's results file.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +11,57 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import GPT2_TOKENIZER, REPO
 
+QUALITY = ["--tiny", "--work-dir", "{tmp}/quality-work", "--images", "{tmp}/images"]
+# run name: (script, arguments); "{tmp}" is the module's folder. Runs go in this order ("quality-again"
+# reruns a finished quality run).
+RUNS = {
+    "exactness": ("exactness", ["--tiny-only"]),
+    "planted": ("planted", ["--quick"]),
+    "projection": ("projection", ["--quick"]),
+    "memory": ("memory", ["--quick"]),
+    "mixed_batch": ("mixed_batch", ["--tiny", "--work-dir", "{tmp}/mixed-work"]),
+    "cost": ("cost", ["--tiny", "--repeats", "1"]),
+    "evaluation": ("evaluation", ["--tiny"]),
+    "quality": ("quality", QUALITY),
+    "quality-again": ("quality", QUALITY),
+    "settings": ("settings", ["--tiny", "--work-dir", "{tmp}/settings-work"]),
+    "pez_reference": ("pez_reference", ["--tiny", "--steps", "4", "--work-dir", "{tmp}/pez-work"]),
+}
 
-def run_benchmark(name: str, tmp_path, *arguments: str) -> dict:
-    output = tmp_path / f"{name}.json"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / f"{name}.py"), *arguments, "--output", str(output)],
-        capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(output.read_text())
+
+@pytest.fixture(scope="module")
+def benchmark_results(request, tmp_path_factory):
+    """Runs the scripts the selected tests of this module ask for; returns the folder of their outputs."""
+    wanted = {name for item in request.session.items if item.module is request.module
+              for marker in item.iter_markers("benchmark_runs") for name in marker.args}
+    folder = tmp_path_factory.mktemp("benchmarks")
+    runs = []
+    for name, (script, arguments) in RUNS.items():
+        if name in wanted:
+            arguments = [a.replace("{tmp}", str(folder)) for a in arguments]
+            runs.append([script, [*arguments, "--output", str(folder / f"{name}.json")], str(folder / f"{name}.error")])
+    (folder / "runs.json").write_text(json.dumps(runs))
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "benchmark_runner.py"), str(folder / "runs.json")],
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr
+    return folder
 
 
-def test_exactness_benchmark_runs_and_reports_zero_difference_on_tiny_models(tmp_path):
-    rows = run_benchmark("exactness", tmp_path, "--tiny-only")["rows"]
+def results_of(folder: Path, name: str, written: Path | None = None) -> dict:
+    """What run `name` wrote (to its `--output`, or to `written`); its traceback as the failure if it failed."""
+    error = folder / f"{name}.error"
+    assert not error.exists(), error.read_text()
+    return json.loads((written or folder / f"{name}.json").read_text())
+
+
+@pytest.mark.benchmark_runs("exactness")
+def test_exactness_benchmark_runs_and_reports_zero_difference_on_tiny_models(benchmark_results):
+    rows = results_of(benchmark_results, "exactness")["rows"]
     assert len(rows) == 8 and all(row["max_abs_difference"] <= 1e-6 for row in rows)
     float32 = [row for row in rows if "bfloat16" not in row["model"]]
     assert all(row[f"{side}_padded_max_abs_difference"] <= 1e-5 for row in float32 for side in ("left", "right"))
@@ -31,23 +69,27 @@ def test_exactness_benchmark_runs_and_reports_zero_difference_on_tiny_models(tmp
     assert len(generating) == 5 and all(row["generation_same_tokens"] for row in generating)
 
 
-def test_planted_benchmark_quick_run(tmp_path):
-    summary = run_benchmark("planted", tmp_path, "--quick")["summary"]
+@pytest.mark.benchmark_runs("planted")
+def test_planted_benchmark_quick_run(benchmark_results):
+    summary = results_of(benchmark_results, "planted")["summary"]
     assert summary["pez"]["solved"] == "2/2" and summary["gcg"]["solved"] == "2/2"
 
 
-def test_projection_benchmark_quick_run(tmp_path):
-    (row,) = run_benchmark("projection", tmp_path, "--quick")["rows"]
+@pytest.mark.benchmark_runs("projection")
+def test_projection_benchmark_quick_run(benchmark_results):
+    (row,) = results_of(benchmark_results, "projection")["rows"]
     assert row["same_ids"] and row["chunked"]["seconds"] > 0
 
 
-def test_memory_benchmark_quick_run(tmp_path):
-    rows = run_benchmark("memory", tmp_path, "--quick")["rows"]
+@pytest.mark.benchmark_runs("memory")
+def test_memory_benchmark_quick_run(benchmark_results):
+    rows = results_of(benchmark_results, "memory")["rows"]
     assert [row["loop"] for row in rows] == ["project", "score"] and all(row["iterations"] == 100 for row in rows)
 
 
-def test_mixed_batch_benchmark_tiny_run(tmp_path):
-    results = run_benchmark("mixed_batch", tmp_path, "--tiny", "--work-dir", str(tmp_path / "work"))
+@pytest.mark.benchmark_runs("mixed_batch")
+def test_mixed_batch_benchmark_tiny_run(benchmark_results):
+    results = results_of(benchmark_results, "mixed_batch")
     assert [row["tasks"] for row in results["throughput"]] == [1, 2, 4, 8]
     assert all(row["mixed_one_forward_examples_per_second"] > 0 for row in results["throughput"])
     assert results["max_abs_logit_difference"]["mixed_vs_alone"] < 1e-4
@@ -55,8 +97,9 @@ def test_mixed_batch_benchmark_tiny_run(tmp_path):
     assert set(results["ensemble"]["ensemble"]) == {"mean", "vote"}
 
 
-def test_cost_benchmark_tiny_run(tmp_path):
-    results = run_benchmark("cost", tmp_path, "--tiny", "--repeats", "1")
+@pytest.mark.benchmark_runs("cost")
+def test_cost_benchmark_tiny_run(benchmark_results):
+    results = results_of(benchmark_results, "cost")
     assert results["repeats"] == 1 and results["device"] == "cpu"
     assert set(results["ratio_to_floor"]) == {"floor", "soft", "hard", "stock PROMPT_TUNING"}
     assert results["ratio_to_floor"]["floor"] == 1.0 and all(v > 0 for v in results["step_seconds"].values())
@@ -87,15 +130,16 @@ def test_random_weights_need_only_the_config_and_the_tokenizer(tmp_path, monkeyp
     assert tokenizer.pad_token == tokenizer.eos_token  # GPT-2 has none: the end-of-text token pads
 
 
-def test_evaluation_benchmark_tiny_run(tmp_path):
-    results = run_benchmark("evaluation", tmp_path, "--tiny")["results"]
+@pytest.mark.benchmark_runs("evaluation")
+def test_evaluation_benchmark_tiny_run(benchmark_results):
+    results = results_of(benchmark_results, "evaluation")["results"]
     assert len(results) == 6 and all(row["same_predictions"] for row in results)
     assert all(row["examples_per_second"] > 0 for row in results)
 
 
-def test_quality_benchmark_tiny_run(tmp_path):
-    arguments = ["--tiny", "--work-dir", str(tmp_path / "work"), "--images", str(tmp_path / "images")]
-    results = run_benchmark("quality", tmp_path, *arguments)
+@pytest.mark.benchmark_runs("quality", "quality-again")
+def test_quality_benchmark_tiny_run(benchmark_results):
+    results = results_of(benchmark_results, "quality")
     assert results["missing"] == []
     records = results["records"]
     methods = {(row["task"], row["method"]) for row in results["summary"]}
@@ -113,23 +157,27 @@ def test_quality_benchmark_tiny_run(tmp_path):
     gcg = records["sst2-gcg-seed0-8"]
     assert gcg["search_seconds"] >= short["search_seconds"]  # GCG ran (at least) discover's wall time
     assert all("transfer" in records[f"sst2-{m}-seed0-16"] for m in ("discover", "gcg", "pez_reference"))
-    again = run_benchmark("quality", tmp_path, *arguments)  # every stage done: the rerun only reports
+    paired = {(r["task"], r["method"], r["budget"], r["seed"]): r for r in results["against_manual"]}
+    assert ("sst2", "template", 0, 0) in paired and ("ag_news", "discover", 16, 0) in paired
+    assert all(r["interval_95"][0] <= r["minus_manual"] <= r["interval_95"][1] for r in paired.values())
+    difference = records["sst2-discover-seed0-16"]["eval"] - records["sst2-manual-seed0-0"]["eval"]
+    assert abs(paired["sst2", "discover", 16, 0]["minus_manual"] - difference) < 2e-4
+    again = results_of(benchmark_results, "quality-again")  # every stage done: the rerun only reports
     assert again["records"] == records
 
 
-def test_settings_benchmark_tiny_run(tmp_path):
-    records = run_benchmark("settings", tmp_path, "--tiny", "--work-dir", str(tmp_path / "work"))["records"]
+@pytest.mark.benchmark_runs("settings")
+def test_settings_benchmark_tiny_run(benchmark_results):
+    records = results_of(benchmark_results, "settings")["records"]
     trained = [r for r in records if r["row"] != "manual template alone"]
     assert len(trained) == 11 and all(0 <= r["eval"] <= 1 for r in records)
     for record in trained:  # step 0 is scored, so the chosen step is never worse on validation than the start
         assert record["score_history"][0][0] == 0 and record["validation"] >= record["score_history"][0][1]
 
 
-def test_pez_reference_benchmark_tiny_run(tmp_path):
-    work = tmp_path / "work"
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "pez_reference.py"), "--tiny", "--steps", "4",
-                             "--work-dir", str(work)], capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr
-    record = json.loads((work / "tiny" / "pez_reference.json").read_text())
+@pytest.mark.benchmark_runs("pez_reference")
+def test_pez_reference_benchmark_tiny_run(benchmark_results):
+    tiny_record = benchmark_results / "pez-work" / "tiny" / "pez_reference.json"  # a smoke run keeps it there
+    record = results_of(benchmark_results, "pez_reference", tiny_record)
     assert "--preset" in record["command"] and [step for step, _ in record["score_history"]] == [0, 2, 4]
     assert 0 <= record["eval"]["accuracy"] <= 1

@@ -46,6 +46,8 @@ def test_the_built_wheel_installs_in_a_fresh_environment_and_runs_the_demo(tmp_p
     report = json.loads(result.stdout)
     assert (report["eval_rows"], report["train_rows"], report["validation_rows"]) == (8, 16, 6)
     assert report["hard_minus_manual"] == round(report["hard"]["accuracy"] - report["manual"]["accuracy"], 4)
+    low, high = report["hard_minus_manual_95"]
+    assert low <= report["hard_minus_manual"] <= high
     for key in ("manual", "soft", "hard", "reading"):
         assert 0 <= report[key]["accuracy"] <= 1
     assert report["hard_round_trips"] is True and len(report["hard_token_ids"]) == 5

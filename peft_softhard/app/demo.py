@@ -19,6 +19,7 @@ import torch
 
 from ..files.checkpoint import save_adapter_atomically, write_text_atomically
 from ..method.config import SoftHardConfig
+from ..metrics import accuracy_difference
 from ..objectives import DistillationObjective
 from ..optimization.discovery import DiscoveryConfig, DiscoveryResult, run
 from ..optimization.training import TrainConfig, TrainResult, train_prompt
@@ -59,7 +60,10 @@ def run_demo(args: Any) -> dict:
     say(f"[4/4] scoring the manual, soft, hard prompts and the reading on the {rows['eval']} dev rows")
     prompts = {"manual": empty, "soft": soft_vectors, "hard": torch.tensor(hard.token_ids),
                "reading": torch.tensor(reading.token_ids)}
-    results = {name: evaluate_prompt(model, objective, prompt) for name, prompt in prompts.items()}
+    results = {name: evaluate_prompt(model, objective, prompt, return_predictions=True)
+               for name, prompt in prompts.items()}
+    predictions = {name: result.pop("predictions") for name, result in results.items()}
+    gain, low, high = accuracy_difference(predictions["hard"], predictions["manual"], objective.labels("eval"))
     results["manual"]["validation"] = evaluate_prompt(model, objective, empty, "held_out")["accuracy"]
     results["soft"]["validation"], results["hard"]["validation"] = soft.best_score, hard.best_score
     results["reading"]["validation"] = None
@@ -70,7 +74,7 @@ def run_demo(args: Any) -> dict:
         "model": args.model or DEFAULT_MODEL, "train_rows": rows["train"], "validation_rows": rows["validation"],
         "eval_rows": rows["eval"], **results, "hard_text": hard.text, "hard_token_ids": hard.token_ids,
         "hard_round_trips": hard.round_trips, "hard_step": hard.best_step, "soft_step": soft.best_step,
-        "hard_minus_manual": round(results["hard"]["accuracy"] - results["manual"]["accuracy"], 4),
+        "hard_minus_manual": round(gain, 4), "hard_minus_manual_95": [round(low, 4), round(high, 4)],
         "soft_reading": reading.text, "soft_reading_mean_cosine_distance": reading.mean_distance,
         "plot": str(plot), "seconds": round(time.time() - started, 1),
         "outputs": {"soft": str(output / "soft" / "best"), "hard": str(output / "hard" / "adapter")},
@@ -147,9 +151,11 @@ def _report(payload: dict, soft: Any, hard: Any, reading: Any) -> None:
         ["soft prompt's reading + manual", repr(reading.text), read["validation"], read["accuracy"], read["macro_f1"]],
     ]
     print("\n" + table(["prompt", "what", "validation", "dev accuracy", "dev macro-F1"], rows))
-    gain = payload["hard_minus_manual"]
+    gain, (low, high) = payload["hard_minus_manual"], payload["hard_minus_manual_95"]
+    verdict = "better than" if low > 0 else "worse than" if high < 0 else "not told apart from"
     print(f"\nOn the {payload['eval_rows']} dev rows, which chose nothing, the hard prompt is "
-          f"{abs(gain):.1%} {'above' if gain >= 0 else 'BELOW'} the manual prompt; the soft prompt "
+          f"{abs(gain):.1%} {'above' if gain >= 0 else 'BELOW'} the manual prompt (95% interval {low:+.1%} to "
+          f"{high:+.1%}: {verdict} it on these rows); the soft prompt "
           f"{soft_metrics['accuracy'] - manual['accuracy']:+.1%}.")
     print(f"The soft prompt's vectors sit at mean cosine distance {reading.mean_distance:.2f} from their nearest "
           f"tokens; its reading scores {read['accuracy']:.1%} against the soft prompt's {soft_metrics['accuracy']:.1%}"

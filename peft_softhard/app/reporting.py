@@ -14,10 +14,10 @@ from ..optimization.loop import frozen
 
 
 def evaluate_prompt(model: nn.Module, objective: ClassifierObjective, prompt: torch.Tensor,
-                    split: str = "eval") -> dict[str, Any]:
+                    split: str = "eval", return_predictions: bool = False) -> dict[str, Any]:
     """Accuracy and macro-F1 (through `evaluate`) of one prompt (ids [n] or vectors [n, d]) on the objective's
     `split` ("eval": the rows that chose nothing; "held_out": the validation rows), with the examples scored
-    per second.
+    per second (and each row's predicted class, with `return_predictions`).
 
     Example:
         ```py
@@ -30,8 +30,9 @@ def evaluate_prompt(model: nn.Module, objective: ClassifierObjective, prompt: to
         predictions = objective.predictions(model, prompt, split)
     seconds = time.time() - started
     labels = objective.labels(split)
-    return {**compute_metrics(predictions, labels), "examples": len(labels), "seconds": round(seconds, 2),
-            "examples_per_second": round(len(labels) / seconds, 1)}
+    metrics = {**compute_metrics(predictions, labels), "examples": len(labels), "seconds": round(seconds, 2),
+               "examples_per_second": round(len(labels) / seconds, 1)}
+    return {**metrics, "predictions": predictions} if return_predictions else metrics
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:

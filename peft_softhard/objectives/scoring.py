@@ -64,7 +64,9 @@ def cache_prompt(model: nn.Module, prompt_embeds: torch.Tensor) -> CachedPrompt 
     if prompt_embeds.shape[0] == 0 or not is_decoder(model):
         return None
     output = model(inputs_embeds=prompt_embeds[None].to(module_device(model)), use_cache=True)
-    cache = getattr(output, "past_key_values", None)
+    cache = output.get("cache")  # transformers 5.24 renamed `past_key_values` to `cache`
+    if cache is None:
+        cache = output.get("past_key_values")
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         return None
     return CachedPrompt(cache, output.logits[0, -1], prompt_embeds.shape[0])
@@ -79,8 +81,9 @@ def _row_logits_after_cache(model: nn.Module, cached: CachedPrompt, row_embeds: 
     cache.batch_repeat_interleave(count)
     mask, row_positions = positions_after_prefix(cached.length, rows.attention_mask.to(device))
     extra = {"position_ids": row_positions} if accepts_argument(model, "position_ids") else {}
-    logits = model(inputs_embeds=row_embeds, attention_mask=mask, past_key_values=cache, use_cache=True,
-                   **extra).logits
+    # transformers 5.24 renamed `past_key_values` to `cache` (the old name goes in 5.40)
+    extra["cache" if accepts_argument(model, "cache") else "past_key_values"] = cache
+    logits = model(inputs_embeds=row_embeds, attention_mask=mask, use_cache=True, **extra).logits
     first = cached.last_logits.to(logits.dtype).expand(count, 1, -1)
     if positions is not None:  # the token at row position p is predicted at row column p - 1 (p = 0: the prompt)
         positions = positions.to(device)
