@@ -37,7 +37,7 @@ RUNS = {
 @pytest.fixture(scope="module")
 def benchmark_results(request, tmp_path_factory):
     """Runs the scripts the selected tests of this module ask for; returns the folder of their outputs."""
-    wanted = {name for item in request.session.items if item.module is request.module
+    wanted = {name for item in request.session.items if getattr(item, "module", None) is request.module
               for marker in item.iter_markers("benchmark_runs") for name in marker.args}
     folder = tmp_path_factory.mktemp("benchmarks")
     runs = []
