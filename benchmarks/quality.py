@@ -226,12 +226,18 @@ def train_lora(base, objective, row: Row, budget: int, plan: dict, work: Path) -
             "seconds": state.seconds, "trainable_parameters": sum(p.numel() for p in parameters.values())}
 
 
+def template_of(method: str) -> str:
+    """The template a method's prompt goes in front of: the task's own for the reference preset (and the
+    zero-shot row of that template), the manual one for everything else."""
+    return "task" if method in ("template", "pez_reference") else "manual"
+
+
 def run_stage(row: Row, budget: int, base, tokenizer, objectives: Objectives, plan: dict, work: Path,
               records: dict) -> dict:
     """Run (or continue) `row` up to `budget` examples and score its chosen prompt on the eval split."""
     from peft_softhard import evaluate_prompt
 
-    template = "task" if row.method in ("template", "pez_reference") else "manual"
+    template = template_of(row.method)
     objective = objectives.get(row.task, template)
     run_dir = work / "runs" / row.name
     if row.method in ("template", "manual"):
@@ -274,9 +280,9 @@ def add_missing_predictions(records: dict, base, objectives: Objectives, work: P
     for key, record in records.items():
         if "eval_predictions" in record or record["method"] not in ("template", "manual", *HARD):
             continue
-        template = "task" if record["method"] in ("template", "pez_reference") else "manual"
         prompt = torch.tensor(record.get("token_ids", []), dtype=torch.long)
-        scored = evaluate_prompt(base, objectives.get(record["task"], template), prompt, return_predictions=True)
+        objective = objectives.get(record["task"], template_of(record["method"]))
+        scored = evaluate_prompt(base, objective, prompt, return_predictions=True)
         if round(scored["accuracy"], 4) != record["eval"]:
             raise RuntimeError(f"{key}: rescoring gave {scored['accuracy']:.4f}, the record says {record['eval']}.")
         record["eval_predictions"] = scored["predictions"]
