@@ -6,6 +6,7 @@ Python process (tests/benchmark_runner.py), and each test reads its script's res
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -31,6 +32,7 @@ RUNS = {
     "quality-again": ("quality", QUALITY),
     "settings": ("settings", ["--tiny", "--work-dir", "{tmp}/settings-work"]),
     "pez_reference": ("pez_reference", ["--tiny", "--steps", "4", "--work-dir", "{tmp}/pez-work"]),
+    "new_task": ("new_task", ["--tiny", "--work-dir", "{tmp}/new-task-work"]),
 }
 
 
@@ -181,3 +183,19 @@ def test_pez_reference_benchmark_tiny_run(benchmark_results):
     record = results_of(benchmark_results, "pez_reference", tiny_record)
     assert "--preset" in record["command"] and [step for step, _ in record["score_history"]] == [0, 2, 4]
     assert 0 <= record["eval"]["accuracy"] <= 1
+
+
+@pytest.mark.benchmark_runs("new_task")
+def test_new_task_benchmark_tiny_run(benchmark_results):
+    results = results_of(benchmark_results, "new_task")
+    zero, found, trained = results["zero_shot"], results["discover"], results["train"]
+    assert all(0 <= run["accuracy"] <= 1 for run in (zero, found, trained))
+    assert found["validation"] >= found["start_validation"]  # step 0 is scored: never worse than the start
+    aim = results["aim"]
+    assert results["aim_reached"] == {
+        "discover_seconds": found["wall_seconds"] <= aim["discover_seconds"],
+        "discover_minus_zero_shot": found["accuracy"] - zero["accuracy"] >= aim["discover_minus_zero_shot"],
+        "train_minus_discover": trained["accuracy"] - found["accuracy"] <= aim["train_minus_discover"]}
+    with open(benchmark_results / "new-task-work" / "data" / "test.csv", newline="") as handle:  # the user's file
+        labels = [row["label"] for row in csv.DictReader(handle)]
+    assert sorted(labels) == sorted(["0", "1", "2", "3"] * 4)  # class-balanced, labels 0-3 as the CLI reads them

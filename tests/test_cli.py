@@ -74,6 +74,16 @@ def test_train_resumes_from_its_checkpoint(capsys, files, tmp_path):
     assert history["resumed_from"] == 4 and history["steps"] == 6 and len(history["loss_history"]) == 6
 
 
+def test_train_stops_at_max_seconds_and_keeps_the_best_prompt(capsys, files, tmp_path):
+    trained = softhard(capsys, "train", "--model", str(files / "tiny-gpt2"), *task_args(files), "--num-virtual-tokens",
+                       "2", "--steps", "1000", "--eval-interval", "500", "--batch-size", "4", "--max-seconds", "1e-6",
+                       "--output-dir", str(tmp_path))
+    history = json.loads((tmp_path / "n2" / "history.json").read_text())
+    assert history["steps"] < 1000  # the clock stopped it, and the prompt it reached was still scored
+    assert [step for step, _ in history["score_history"]][-1] == history["steps"]
+    assert (tmp_path / "n2" / "best").is_dir() and 0 <= trained["runs"][0]["eval"]["accuracy"] <= 1
+
+
 def test_train_a_soft_prompt_with_a_classification_head(capsys, files, tmp_path):
     result = softhard(capsys, "train", "--model", str(files / "tiny-bert"), "--task-type", "SEQ_CLS",
                       *task_args(files), "--num-virtual-tokens", "3", "--steps", "3", "--batch-size", "4",

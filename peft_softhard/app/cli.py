@@ -112,7 +112,7 @@ def cmd_train(args) -> dict:
     _check_init(args)
     config = TrainConfig(steps=args.steps, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,
                          eval_interval=args.eval_interval, checkpoint_interval=args.checkpoint_interval,
-                         seed=args.seed, show_progress=not args.json)
+                         seed=args.seed, max_seconds=args.max_seconds, show_progress=not args.json)
     task = _task(args)
     data = _data(args, task, for_training=True)
     output = Path(args.output_dir)
@@ -407,7 +407,6 @@ def _add_discover(commands, preset: str | None = None) -> None:
     discover.add_argument("--distill-from", metavar="ADAPTER",
                           help="a trained soft prompt: match its class distribution on the training rows (KL) "
                                "instead of the labels; validation still chooses by accuracy")
-    discover.add_argument("--max-seconds", type=float, help="stop after this much search time (scoring not counted)")
     discover.add_argument("--ascii-only", action="store_true", help="only printable-ASCII tokens")
     discover.add_argument("--word-start-only", action="store_true", help="only tokens that start a word")
     discover.add_argument("--round-trip-only", action="store_true", help="only tokens that re-encode as themselves")
@@ -527,6 +526,8 @@ def _add_optimisation(parser: argparse.ArgumentParser, lr: float, eval_interval:
     group.add_argument("--eval-interval", type=int, default=eval_interval, help="default %(default)s")
     group.add_argument("--checkpoint-interval", type=int, default=25, help="default %(default)s")
     group.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output-dir")
+    group.add_argument("--max-seconds", type=float,
+                       help="stop after this much training or search time (validation scoring not counted)")
 
 
 def _add_prompt_init(parser: argparse.ArgumentParser, soft: bool = False, default: str = "vocab") -> None:
