@@ -15,7 +15,8 @@ own peak does not hide the step's), on a GPU the most GPU memory allocated while
 the same methods through the peft model's own forward with labels, `model(input_ids, attention_mask, labels)`,
 as transformers.Trainer calls it (the language-modelling loss on the templated row and its label word); its
 floor is the frozen model on [a leaf prompt; the embedded row] with the same labels. A third table shows how
-the soft step's time grows with prompt length and batch.
+the soft step's time grows with prompt length and batch; a fourth, the floor with the output head run only at
+the positions the loss reads (`logits_to_keep`, as scoring does) against the head at every position.
 
     python benchmarks/cost.py            # SmolLM2: ~4 min on 2 cores
     python benchmarks/cost.py --quick    # SmolLM2, fewer repeats
@@ -42,6 +43,7 @@ from subjects import SHARED, add_measurement_options, load, on_gpu, parser, plan
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "cost.json"
 METHODS = ["floor", "soft", "hard", "stock PROMPT_TUNING"]
+HEAD_EVERYWHERE = "floor, output head at every position"  # what scoring did before it passed logits_to_keep
 PLANS = {  # interleaved repeats, memory steps, sweep repeats, batch size of the main table
     "full": {"repeats": 10, "memory_steps": 5, "sweep_repeats": 3, "batch": 8,
              "lengths": [1, 5, 10, 20], "batches": [4, 8, 16]},
@@ -67,8 +69,12 @@ def make_step(method: str, base, objective, length: int):
     from peft_softhard import SoftHardConfig
 
     base.requires_grad_(False)
-    if method == "floor":
+    if method in ("floor", HEAD_EVERYWHERE):
         prompt = base.get_input_embeddings().weight[:length].detach().clone().requires_grad_(True)
+        if method == HEAD_EVERYWHERE:  # the model's head at every position, read at one (before logits_to_keep)
+            from peft_softhard.testing import WithoutLogitsToKeep
+
+            base = WithoutLogitsToKeep(base)
 
         def floor_step(indices):
             prompt.grad = None
@@ -123,8 +129,12 @@ def make_trainer_step(method: str, base, encode, length: int):
     from peft_softhard import SoftHardConfig
 
     base.requires_grad_(False)
-    if method == "floor":
+    if method in ("floor", HEAD_EVERYWHERE):
         prompt = base.get_input_embeddings().weight[:length].detach().clone().requires_grad_(True)
+        if method == HEAD_EVERYWHERE:  # the model's head at every position, read at one (before logits_to_keep)
+            from peft_softhard.testing import WithoutLogitsToKeep
+
+            base = WithoutLogitsToKeep(base)
 
         def floor_step(indices):
             batch = encode(indices)
@@ -244,6 +254,8 @@ def main() -> None:
     rows, device = objective.num_train, str(base.device)
     main_times = interleaved_step_times(lambda m: make_step(m, base, objective, 10), rows, device, METHODS,
                                         plan["batch"], plan["repeats"])
+    head = interleaved_step_times(lambda m: make_step(m, base, objective, 10), rows, device,
+                                  ["floor", HEAD_EVERYWHERE], plan["batch"], plan["repeats"])
     encode = lm_rows(tokenizer)
     trainer_times = interleaved_step_times(lambda m: make_trainer_step(m, base, encode, 10), rows, device, METHODS,
                                            plan["batch"], plan["repeats"])
@@ -257,6 +269,8 @@ def main() -> None:
     gpu = on_gpu(args.device)
     memory_key = "peak_cuda_allocated_mib" if gpu else "peak_rss_mib"
     table = markdown(main_times, memory, trainer_times, sweep, "peak GPU memory allocated" if gpu else "peak RSS")
+    table += (f"\n\n| the floor's output head | step time (s) |\n|---|---|\n| at the read positions only "
+              f"(logits_to_keep) | {head['floor']:.4f} |\n| at every position | {head[HEAD_EVERYWHERE]:.4f} |")
     print(table)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -270,7 +284,9 @@ def main() -> None:
                   trainer_path_step_seconds={m: round(t, 5) for m, t in trainer_times.items()},
                   trainer_path_ratio_to_floor={m: round(t / trainer_times["floor"], 3)
                                                for m, t in trainer_times.items()},
-                  **{memory_key: {m: round(v, 1) for m, v in memory.items()}}, length_batch_sweep=sweep)
+                  **{memory_key: {m: round(v, 1) for m, v in memory.items()}}, length_batch_sweep=sweep,
+                  output_head_step_seconds={"read positions only": round(head["floor"], 5),
+                                            "every position": round(head[HEAD_EVERYWHERE], 5)})
 
 
 if __name__ == "__main__":

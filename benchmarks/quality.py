@@ -295,7 +295,8 @@ def against_manual(records: dict, labels: dict[str, list[int]]) -> list[dict]:
     from peft_softhard.metrics import accuracy_difference
 
     rows = []
-    for record in sorted(records.values(), key=lambda r: (r["task"], r["method"], r["budget"], r["seed"])):
+    order = list(LABELS)  # the methods in the order the tables list them
+    for record in sorted(records.values(), key=lambda r: (r["task"], order.index(r["method"]), r["budget"], r["seed"])):
         manual = records.get(record_name(Row(record["task"], "manual"), 0), {})
         if record["method"] == "manual" or "eval_predictions" not in record or "eval_predictions" not in manual:
             continue

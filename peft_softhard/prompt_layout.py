@@ -69,13 +69,12 @@ class PromptedBatch:
         index = index.view(*index.shape, *[1] * (values.dim() - 2)).clamp_min(0).expand(shape)
         return values.gather(1, index)
 
-    def at(self, values: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-        """[B, ...]: each row's output [B, W, ...] at its own user-layout column (`columns` [B]), without copying
-        the rest."""
-        rows = torch.arange(values.shape[0], device=values.device)
-        if not self._is_identity():
-            columns = self._internal_columns().gather(1, columns.cpu()[:, None])[:, 0].clamp_min(0)
-        return values[rows, columns.to(values.device)]
+    def internal_columns_at(self, columns: torch.Tensor) -> torch.Tensor:
+        """[B] the internal column of each row's user-layout column (`columns` [B]): where to read a row's output
+        at that column."""
+        if self._is_identity():
+            return columns
+        return self._internal_columns().gather(1, columns.cpu()[:, None])[:, 0].clamp_min(0)
 
     def _internal_columns(self) -> torch.Tensor:
         """[B, P + L] the internal column of each user-layout column (-1 where none)."""

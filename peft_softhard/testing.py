@@ -107,6 +107,23 @@ def build(factory, seed: int = 0) -> transformers.PreTrainedModel:
     return factory().eval()
 
 
+class WithoutLogitsToKeep(torch.nn.Module):
+    """`model` behind a forward that takes neither `logits_to_keep` nor `position_ids` (as some remote-code
+    models): its output head then runs at every position, the path scoring falls back to."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs_embeds=None, attention_mask=None, **kwargs):
+        if "logits_to_keep" in kwargs:
+            raise TypeError("this model's forward takes no logits_to_keep")
+        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.model.get_input_embeddings()
+
+
 def random_batch(batch: int = 2, length: int = 7, vocab: int = SMALL_VOCAB, seed: int = 1) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(3, vocab, (batch, length), generator=generator)

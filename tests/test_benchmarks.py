@@ -108,6 +108,7 @@ def test_cost_benchmark_tiny_run(benchmark_results):
     assert set(results["trainer_path_ratio_to_floor"]) == set(results["ratio_to_floor"])
     assert all(v > 0 for v in results["trainer_path_step_seconds"].values())
     assert len(results["length_batch_sweep"]) == 4 and all(v > 0 for v in results["peak_rss_mib"].values())
+    assert set(results["output_head_step_seconds"]) == {"read positions only", "every position"}
 
 
 def test_random_weights_need_only_the_config_and_the_tokenizer(tmp_path, monkeypatch):

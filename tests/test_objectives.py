@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from peft_softhard import ClassificationObjective
-from peft_softhard.objectives.scoring import cache_prompt, candidate_target_log_probs, pad_rows
-from peft_softhard.testing import build, tiny_bert, tiny_gemma3, tiny_gpt2, tiny_llama
+from peft_softhard.objectives.scoring import cache_prompt, candidate_target_log_probs, pad_rows, row_logits
+from peft_softhard.testing import WithoutLogitsToKeep, build, tiny_bert, tiny_gemma3, tiny_gpt2, tiny_llama
 
 ROW_LENGTHS = (3, 9, 5, 12, 1, 7)  # a row of one token is predicted by the prompt's own last position
 
@@ -33,6 +33,26 @@ def test_fast_target_log_probs_equal_naive(factory, prompt_kind):
     assert cache_prompt(model, model.get_input_embeddings()(ids)) is not None  # the cached path is the one tested
     assert naive.shape == fast.shape == (1, len(ROW_LENGTHS))
     torch.testing.assert_close(fast, naive, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("factory", [tiny_gpt2, tiny_llama, tiny_gemma3, lambda: WithoutLogitsToKeep(tiny_llama())],
+                         ids=["gpt2", "llama", "gemma3", "no logits_to_keep"])
+def test_logits_at_positions_equal_the_full_logits_there(factory):
+    """With `positions`, the head runs only where it is read (`logits_to_keep`): the same logits as the full
+    forward at those positions, for one prompt, prompts of different lengths, and a cached prompt."""
+    model = build(factory)
+    embed = model.get_input_embeddings()
+    rows = random_rows(embed.num_embeddings)
+    lengths = rows.attention_mask.sum(1)
+    positions = torch.tensor([0, 5, 4, 11, 0, 6])  # a position within each row; 0: predicted by the prompt's end
+    generator = torch.Generator().manual_seed(2)
+    prompt = embed(torch.randint(0, embed.num_embeddings, (4,), generator=generator)).detach()
+    ragged = [prompt[: 1 + i % 4] for i in range(len(ROW_LENGTHS))]  # a different length per row
+    cached = cache_prompt(model, prompt)
+    assert bool((positions < lengths).all()) and cached is not None
+    for prompts in (prompt, ragged, cached):
+        picked = row_logits(model, prompts, rows)[torch.arange(len(positions)), positions]
+        torch.testing.assert_close(row_logits(model, prompts, rows, positions=positions), picked, atol=1e-5, rtol=1e-5)
 
 
 def test_fast_classification_equals_naive(gpt2_tokenizer):

@@ -83,13 +83,26 @@ def _row_logits_after_cache(model: nn.Module, cached: CachedPrompt, row_embeds: 
     extra = {"position_ids": row_positions} if accepts_argument(model, "position_ids") else {}
     # transformers 5.24 renamed `past_key_values` to `cache` (the old name goes in 5.40)
     extra["cache" if accepts_argument(model, "cache") else "past_key_values"] = cache
-    logits = model(inputs_embeds=row_embeds, attention_mask=mask, use_cache=True, **extra).logits
-    first = cached.last_logits.to(logits.dtype).expand(count, 1, -1)
+    inputs = {"inputs_embeds": row_embeds, "attention_mask": mask, "use_cache": True, **extra}
     if positions is not None:  # the token at row position p is predicted at row column p - 1 (p = 0: the prompt)
         positions = positions.to(device)
-        chosen = logits[torch.arange(count, device=device), (positions - 1).clamp(min=0)]
-        return torch.where((positions == 0)[:, None], first[:, 0], chosen)
+        chosen = logits_at(model, (positions - 1).clamp(min=0), **inputs)
+        return torch.where((positions == 0)[:, None], cached.last_logits.to(chosen.dtype), chosen)
+    logits = model(**inputs).logits
+    first = cached.last_logits.to(logits.dtype).expand(count, 1, -1)
     return torch.cat([first, logits[:, :-1]], 1)
+
+
+def logits_at(model: nn.Module, columns: torch.Tensor, **inputs: Any) -> torch.Tensor:
+    """[R, V] the logits of the forward `inputs` at one column per row (`columns` [R]). Where the model takes
+    `logits_to_keep`, its output head runs on those columns only: a vocabulary-wide head at every position is
+    about a fifth of a small model's forward and backward (SmolLM2-135M), and its [R, W, V] output the largest
+    tensor of the step."""
+    rows = torch.arange(columns.shape[0], device=columns.device)
+    if not accepts_argument(model, "logits_to_keep"):
+        return model(**inputs).logits[rows, columns]
+    kept, where = columns.unique(return_inverse=True)  # 1-D: every transformers 5 release takes it
+    return model(**inputs, logits_to_keep=kept).logits[rows, where]
 
 
 def row_logits(model: nn.Module, prompt_embeds: Prompts | CachedPrompt, rows: Rows,
@@ -108,10 +121,11 @@ def row_logits(model: nn.Module, prompt_embeds: Prompts | CachedPrompt, rows: Ro
     if isinstance(prompt_embeds, CachedPrompt):
         return _row_logits_after_cache(model, prompt_embeds, row_embeds, rows, positions)
     batch = prepend_prompts(prompt_embeds, row_embeds, rows.attention_mask.to(device))
-    logits = model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask).logits
+    inputs = {"inputs_embeds": batch.inputs_embeds, "attention_mask": batch.attention_mask}
     width = batch.prompt_width  # the token in row column t is predicted at user-layout column P + t - 1
     if positions is not None:
-        return batch.at(logits, width - 1 + positions)
+        return logits_at(model, batch.internal_columns_at(width - 1 + positions.cpu()).to(device), **inputs)
+    logits = model(**inputs).logits
     if width == 0:  # no prompt at all (a manual template alone): nothing predicts a row's first token
         return F.pad(batch.to_user_layout(logits, slice(0, input_ids.shape[1] - 1)), (0, 0, 1, 0))
     return batch.to_user_layout(logits, slice(width - 1, width - 1 + input_ids.shape[1]))
