@@ -95,9 +95,9 @@ def _row_logits_after_cache(model: nn.Module, cached: CachedPrompt, row_embeds: 
 
 def logits_at(model: nn.Module, columns: torch.Tensor, **inputs: Any) -> torch.Tensor:
     """[R, V] the logits of the forward `inputs` at one column per row (`columns` [R]). Where the model takes
-    `logits_to_keep`, its output head runs on those columns only: a vocabulary-wide head at every position is
-    about a fifth of a small model's forward and backward (SmolLM2-135M), and its [R, W, V] output the largest
-    tensor of the step."""
+    `logits_to_keep`, its output head runs on those columns only: a small model's vocabulary-wide head at every
+    position is a large share of its forward and backward (benchmarks/cost.py measures it), and its [R, W, V]
+    output the largest tensor of the step."""
     rows = torch.arange(columns.shape[0], device=columns.device)
     if not accepts_argument(model, "logits_to_keep"):
         return model(**inputs).logits[rows, columns]
