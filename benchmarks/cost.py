@@ -129,12 +129,8 @@ def make_trainer_step(method: str, base, encode, length: int):
     from peft_softhard import SoftHardConfig
 
     base.requires_grad_(False)
-    if method in ("floor", HEAD_EVERYWHERE):
+    if method == "floor":
         prompt = base.get_input_embeddings().weight[:length].detach().clone().requires_grad_(True)
-        if method == HEAD_EVERYWHERE:  # the model's head at every position, read at one (before logits_to_keep)
-            from peft_softhard.testing import WithoutLogitsToKeep
-
-            base = WithoutLogitsToKeep(base)
 
         def floor_step(indices):
             batch = encode(indices)
