@@ -33,6 +33,8 @@ RUNS = {
     "settings": ("settings", ["--tiny", "--work-dir", "{tmp}/settings-work"]),
     "pez_reference": ("pez_reference", ["--tiny", "--steps", "4", "--work-dir", "{tmp}/pez-work"]),
     "new_task": ("new_task", ["--tiny", "--work-dir", "{tmp}/new-task-work"]),
+    "demo_settings": ("demo_settings", ["--tiny", "--only", "pez adafactor 0.3 manual", "--work-dir",
+                                        "{tmp}/demo-settings-work"]),
 }
 
 
@@ -200,3 +202,27 @@ def test_new_task_benchmark_tiny_run(benchmark_results):
     with open(benchmark_results / "new-task-work" / "data" / "test.csv", newline="") as handle:  # the user's file
         labels = [row["label"] for row in csv.DictReader(handle)]
     assert sorted(labels) == sorted(["0", "1", "2", "3"] * 4)  # class-balanced, labels 0-3 as the CLI reads them
+
+
+@pytest.mark.benchmark_runs("demo_settings")
+def test_demo_settings_benchmark_tiny_run(benchmark_results):
+    rows = {row["setting"]: row for row in results_of(benchmark_results, "demo_settings")["rows"]}
+    assert set(rows) == {"manual template alone", "pez adafactor 0.3 manual"}
+    assert all(0 <= row["settings_rows"] <= 1 for row in rows.values())
+    searched = rows["pez adafactor 0.3 manual"]
+    assert searched["validation"] >= searched["start"]  # step 0 is scored: never worse than the start
+
+
+def test_demo_settings_compares_settings_on_rows_the_demo_never_sees(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from demo_settings import settings_rows
+
+    from peft_softhard.app.tasks import SST2, load_task_data
+
+    data = load_task_data(SST2, 1000, 8, 0, None, 150)  # the demo's training and validation rows
+    judged = settings_rows(data, 600)
+    texts = judged.validation[0]
+    assert len(texts) == 600 == len(set(texts))
+    assert not set(texts) & (set(data.train[0]) | set(data.validation[0]))
+    assert min(len(text.split()) for text in texts) >= SST2.validation_min_words
+    assert judged.train == data.train and judged.evaluation == data.evaluation

@@ -52,7 +52,8 @@ def run_demo(args: Any) -> dict:
     soft_vectors = soft_model.prompt_encoder["default"].prompt_embeddings().detach()  # the best step's
     hard_settings = HardSearch()
     say(f"[2/4] discovering a {hard_settings.length}-token hard prompt: {args.hard_steps} steps x "
-        f"{args.batch_size} examples, {hard_settings.search['method']} from {hard_settings.init!r}")
+        f"{args.batch_size} examples, {hard_settings.search['method']} from "
+        f"{hard_settings.init_text if hard_settings.init == 'text' else hard_settings.init!r}")
     hard = discover_hard(model, tokenizer, objective, output / "hard", args.hard_steps,
                          args.batch_size, args.seed, soft_vectors, hard_settings, show_progress=not quiet)
     say("[3/4] reading the soft prompt as tokens")
@@ -90,13 +91,19 @@ def run_demo(args: Any) -> dict:
 SOFT_INIT = "manual"  # chosen on validation rows by benchmarks/settings.py
 
 
+# The demo's hard prompt starts from a question a user might type: 7 whole-word tokens (the task's instruction,
+# "Classify the sentiment ...", is not whole words, and in front of the template it scores below no prompt).
+HARD_START = " Is this movie review positive or negative"
+
+
 @dataclass
 class HardSearch:
     """How the demo searches for its hard prompt. The default is the setting `benchmarks/demo_settings.py`
-    chose on the demo's validation rows (never on the dev rows the demo reports)."""
+    chose on 600 training rows the demo never uses (never on the dev rows the demo reports)."""
 
-    length: int = 5
-    init: str = "manual"  # a `--init` choice; "soft": the first `length` vectors of the trained soft prompt
+    length: int = 7
+    init: str = "text"  # a `--init` choice; "soft": the first `length` vectors of the trained soft prompt
+    init_text: str | None = HARD_START  # the start with init="text"
     search: dict[str, Any] = field(default_factory=lambda: {"method": "pez", "optimizer": "adafactor", "lr": 0.3,
                                                             "weight_decay": 0.0})  # `DiscoveryConfig` fields
     distilled: bool = False  # match the soft prompt's answers instead of the labels
@@ -128,7 +135,7 @@ def discover_hard(model: Any, tokenizer: Any, objective: Any, output: Path, step
         raise ValueError("This hard-prompt setting starts from or distils the soft prompt: pass soft_vectors.")
     prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=settings.length, mode="hard",
                             word_start_only=True, round_trip_only=True,
-                            **prompt_init(SST2, settings.init, tokenizer, settings.length))
+                            **prompt_init(SST2, settings.init, tokenizer, settings.length, settings.init_text))
     config = DiscoveryConfig(steps=steps, batch_size=batch_size, eval_interval=max(1, steps // 2), seed=seed,
                              show_progress=show_progress, **settings.search)
     if settings.distilled:
@@ -167,4 +174,4 @@ def _report(payload: dict, soft: Any, hard: Any, reading: Any) -> None:
           "full-set numbers).")
 
 
-__all__ = ["HardSearch", "discover_hard", "run_demo", "train_soft"]
+__all__ = ["HARD_START", "HardSearch", "discover_hard", "run_demo", "train_soft"]
