@@ -6,7 +6,7 @@ cannot rank settings: each setting's score there is the best of its steps on tho
 looked 2.7 points above the manual template there was 0.3 below it on the settings rows. The dev rows the
 demo reports are not touched here, so choosing the demo's default with this table leaves them unbiased.
 
-    python benchmarks/demo_settings.py          # ~2 minutes a setting on 2 cores
+    python benchmarks/demo_settings.py          # ~3 minutes a setting on 2 cores
     python benchmarks/demo_settings.py --tiny   # a tiny random GPT-2 (smoke run)
 
 Writes benchmarks/results/demo_settings.json; a run of some settings (`--only`) replaces their rows there and
