@@ -16,7 +16,6 @@ keeps the others.
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 
@@ -57,14 +56,16 @@ SETTINGS_ROWS = 600  # a paired difference of two prompts on 600 rows has a stan
 
 
 def settings_rows(data, rows: int):
-    """`data` with its validation rows replaced by `rows` seeded rows of the train split (of at least the
-    task's minimum words) that are neither in its train nor in its validation rows."""
-    from peft_softhard.app.tasks import SST2, TaskData
+    """`data` with its validation rows replaced by `rows` rows of the train split that are neither in its
+    train nor in its validation rows, carved as validation rows are (seeded, of at least the task's minimum
+    words)."""
+    from peft_softhard.app.tasks import SST2, TaskData, carve_validation
 
     texts, labels = SST2.load("train", data_dir=str(SHARED / "data"))
     used = set(data.train[0]) | set(data.validation[0])
-    pool = [i for i, text in enumerate(texts) if len(text.split()) >= SST2.validation_min_words and text not in used]
-    chosen = random.Random(7).sample(pool, min(rows, len(pool)))
+    unused = [i for i, text in enumerate(texts) if text not in used]
+    carved, _ = carve_validation([texts[i] for i in unused], rows, 7, SST2.validation_min_words)
+    chosen = [unused[j] for j in carved]
     return TaskData(data.train, ([texts[i] for i in chosen], [labels[i] for i in chosen]), data.evaluation)
 
 
