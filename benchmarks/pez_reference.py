@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from reporting import write_results
-from subjects import SHARED, parser
+from subjects import RUN_STATE, SHARED, checkpoint_on_kill, parser
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "pez_reference.json"
@@ -34,8 +34,10 @@ def main() -> None:
     options.add_argument("--steps", type=int, default=5000)
     options.add_argument("--reference-selection", action="store_true",
                          help="the reference's 5,000 validation rows, scored every 100 steps")
-    options.add_argument("--work-dir", default=str(HERE.parent / "out" / "benchmarks" / "pez_reference"))
+    options.add_argument("--work-dir", default=str(RUN_STATE / "pez_reference"),
+                         help="the run's checkpoint (resumable; the full run's is committed)")
     args = options.parse_args()
+    checkpoint_on_kill()
     from peft_softhard.app.cli import main as softhard
 
     started = time.time()

@@ -12,7 +12,7 @@ and the eval split, which chose nothing, is scored once per budget by the chosen
 - gcg: GCG (32 candidates of one swap, a buffer of 4) from the instruction, for discover's wall time;
 - lora: LoRA r=8 on the same frozen model (AdamW 1e-3), an upper reference.
 Every prompt but pez_reference goes in front of the manual template. Budgets are examples seen (steps x 16):
-800 and 3,200 for every row, 12,800 for soft and discover (SST-2, first seed), 3 seeds at 3,200 for soft,
+800 and 3,200 for every row, 12,800 for soft and discover (SST-2, second seed), 3 seeds at 3,200 for soft,
 discover and pez_reference on SST-2. A budget continues the previous one's run (constant learning rates, so
 the 3,200 run passes through the 800 one): its number is the best prompt of the steps up to that budget.
 Eval splits: SST-2's full dev set (872 rows); AG News' official test set, a seeded class-balanced 2,000 rows.
@@ -23,7 +23,9 @@ Each SST-2 hard prompt is also scored as text with the other template (transfer)
     python benchmarks/quality.py --tiny     # a tiny random GPT-2 (the test suite's smoke run)
 
 Every finished (row, budget) is written to --work-dir/records/ at once and every run checkpoints, so a run
-killed at any point continues where it was (`--report-only` writes the report from what is done). Writes
+killed at any point continues where it was (`--report-only` writes the report from what is done). Stop it
+with Ctrl-C or `kill` (the run in progress writes its checkpoint) and commit benchmarks/results/runs/quality/full
+to carry it to another machine or sitting. Writes
 benchmarks/results/quality.json, a markdown report next to it, and PNG plots in docs/images/.
 """
 
@@ -39,7 +41,7 @@ from typing import Any
 
 import torch
 from reporting import write_results
-from subjects import SHARED, load, parser, plan_name, strip_adapters
+from subjects import RUN_STATE, SHARED, checkpoint_on_kill, load, parser, plan_name, strip_adapters
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "quality.json"
@@ -94,7 +96,10 @@ def plan_stages(plan: dict) -> list[tuple[Row, int]]:
             stages += [(Row(task, m, first), budget) for m in ("soft", "discover", "gcg", "pez_reference", "lora")]
     stages += [(Row("sst2", m, seed), budget) for seed in others for budget in budgets
                for m in ("soft", "discover", "pez_reference")]
-    stages += [(Row("sst2", m, first), plan["long_budget"]) for m in ("soft", "discover")]
+    # The long budget continues the second seed's runs: the first seed's checkpoints were lost
+    # with a machine (before the run state was committed), and redoing their 3,200 examples costs two hours.
+    long_seed = (others or [first])[0]
+    stages += [(Row("sst2", m, long_seed), plan["long_budget"]) for m in ("soft", "discover")]
     return stages
 
 
@@ -273,16 +278,16 @@ def run_stage(row: Row, budget: int, base, tokenizer, objectives: Objectives, pl
 
 
 def add_missing_predictions(records: dict, base, objectives: Objectives, work: Path) -> None:
-    """Records written before they kept each eval row's prediction get them, where the prompt is in the record
-    (no prompt, or a hard prompt's tokens); soft and LoRA records from then stay without."""
+    """Each task's manual record gets its eval rows' predictions back if it lacks them (every record is compared
+    with the manual prompt row by row). Other records without predictions carry their comparison instead:
+    those restored from the results JSON, which leaves predictions out."""
     from peft_softhard import evaluate_prompt
 
     for key, record in records.items():
-        if "eval_predictions" in record or record["method"] not in ("template", "manual", *HARD):
+        if "eval_predictions" in record or record["method"] != "manual":
             continue
-        prompt = torch.tensor(record.get("token_ids", []), dtype=torch.long)
         objective = objectives.get(record["task"], template_of(record["method"]))
-        scored = evaluate_prompt(base, objective, prompt, return_predictions=True)
+        scored = evaluate_prompt(base, objective, torch.tensor([], dtype=torch.long), return_predictions=True)
         if round(scored["accuracy"], 4) != record["eval"]:
             raise RuntimeError(f"{key}: rescoring gave {scored['accuracy']:.4f}, the record says {record['eval']}.")
         record["eval_predictions"] = scored["predictions"]
@@ -298,10 +303,15 @@ def against_manual(records: dict, labels: dict[str, list[int]]) -> list[dict]:
     order = list(LABELS)  # the methods in the order the tables list them
     for record in sorted(records.values(), key=lambda r: (r["task"], order.index(r["method"]), r["budget"], r["seed"])):
         manual = records.get(record_name(Row(record["task"], "manual"), 0), {})
-        if record["method"] == "manual" or "eval_predictions" not in record or "eval_predictions" not in manual:
+        if record["method"] == "manual":
             continue
-        difference, low, high = accuracy_difference(record["eval_predictions"], manual["eval_predictions"],
-                                                    labels[record["task"]])
+        if "eval_predictions" in record and "eval_predictions" in manual:
+            difference, low, high = accuracy_difference(record["eval_predictions"], manual["eval_predictions"],
+                                                        labels[record["task"]])
+        elif "minus_manual" in record:  # restored without its predictions: the comparison made when it had them
+            difference, (low, high) = record["minus_manual"], record["interval_95"]
+        else:
+            continue
         rows.append({"task": record["task"], "method": record["method"], "budget": record["budget"],
                      "seed": record["seed"], "minus_manual": round(difference, 4),
                      "interval_95": [round(low, 4), round(high, 4)]})
@@ -383,17 +393,22 @@ def _percent(value: float | None) -> str:
 
 
 def plots(records: dict, plan: dict, images: Path, suffix: str) -> list[str]:
-    """Eval accuracy against examples seen (each task) and against search seconds (SST-2), first seed."""
+    """Eval accuracy against examples seen (each task) and against search seconds (SST-2): at each budget the
+    mean over the seeds run there."""
     from peft_softhard.app.plots import line_plot
 
-    seed, written = plan["seeds"][0], []
+    written = []
     for task in ("sst2", "ag_news"):
-        mine = [r for r in records.values() if r["task"] == task and r["seed"] == seed and r["budget"]]
+        budgets: dict[tuple[str, int], list[dict]] = {}
+        for r in records.values():
+            if r["task"] == task and r["budget"]:
+                budgets.setdefault((r["method"], r["budget"]), []).append(r)
         for axis, xlabel, scale in (("examples_seen", "examples seen", "log"),
                                     ("search_seconds", "seconds (validation scoring not counted)", "linear")):
             lines = {}
             for method in LABELS:
-                points = sorted((r[axis], r["eval"]) for r in mine if r["method"] == method)
+                points = sorted((statistics.mean(r[axis] for r in runs), statistics.mean(r["eval"] for r in runs))
+                                for (m, _), runs in budgets.items() if m == method)
                 if points:
                     lines[LABELS[method]] = tuple(zip(*points, strict=True))
             if lines and (axis == "examples_seen" or task == "sst2"):
@@ -406,12 +421,13 @@ def plots(records: dict, plan: dict, images: Path, suffix: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------ main
 def main() -> None:
     options = parser(__doc__, RESULTS, quick_help="small subsets, one seed (minutes on SmolLM2)")
-    options.add_argument("--work-dir", default=str(HERE.parent / "out" / "benchmarks" / "quality"),
-                         help="finished stages and checkpoints (resumable)")
+    options.add_argument("--work-dir", default=str(RUN_STATE / "quality"),
+                         help="finished stages and checkpoints (resumable; the full run's are committed)")
     options.add_argument("--images", default=str(IMAGES), help="where the PNG plots go")
     options.add_argument("--report-only", action="store_true", help="write the report from the stages done so far")
     args = options.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    checkpoint_on_kill()
     name = plan_name(args)
     plan, started = PLANS[name], time.time()
     work = Path(args.work_dir) / name

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
 SHARED = Path(os.environ.get("PEFT_SOFTHARD_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+# Where the benchmarks that take hours keep their finished stages and checkpoints. It is tracked by git (smoke
+# and quick runs and LoRA's large checkpoints are ignored): a run spread over sittings continues from what
+# was committed, since a fresh checkout has nothing that is not.
+RUN_STATE = Path(__file__).resolve().parent / "results" / "runs"
 
 
 def load(tiny: bool, random_weights: bool = False, device: str = "cpu") -> tuple[Any, Any]:
@@ -68,6 +73,17 @@ def synchronize(device: str) -> None:
 
     if on_gpu(device):
         torch.cuda.synchronize()
+
+
+def checkpoint_on_kill() -> None:
+    """Let `kill` (SIGTERM) and Ctrl-C stop a long benchmark as Ctrl-C does: the loop writes its checkpoint on
+    the way out. (A job started with `&` from a script ignores SIGINT unless told otherwise.)"""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def plan_name(args: argparse.Namespace) -> str:

@@ -158,7 +158,7 @@ def test_quality_benchmark_tiny_run(benchmark_results):
     assert (short["steps"], longer["steps"]) == (2, 4)
     assert longer["score_history"][:len(short["score_history"])] == short["score_history"]
     assert longer["validation"] >= short["validation"]  # the best of more steps, on the same validation rows
-    assert records["sst2-soft-seed0-24"]["steps"] == 6 and records["sst2-soft-seed1-16"]["seed"] == 1
+    assert records["sst2-soft-seed1-24"]["steps"] == 6 and records["sst2-soft-seed1-16"]["seed"] == 1
     gcg = records["sst2-gcg-seed0-8"]
     assert gcg["search_seconds"] >= short["search_seconds"]  # GCG ran (at least) discover's wall time
     assert all("transfer" in records[f"sst2-{m}-seed0-16"] for m in ("discover", "gcg", "pez_reference"))
@@ -226,3 +226,23 @@ def test_demo_settings_compares_settings_on_rows_the_demo_never_sees(monkeypatch
     assert not set(texts) & (set(data.train[0]) | set(data.validation[0]))
     assert min(len(text.split()) for text in texts) >= SST2.validation_min_words
     assert judged.train == data.train and judged.evaluation == data.evaluation
+
+
+def test_quality_report_keeps_the_comparison_of_a_record_restored_without_predictions(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from quality import against_manual
+
+    labels = {"sst2": [1, 0, 1, 1]}
+    base = {"task": "sst2", "seed": 0}
+    records = {
+        "sst2-manual-seed0-0": {**base, "method": "manual", "budget": 0, "eval_predictions": [1, 1, 1, 1]},
+        "sst2-soft-seed0-8": {**base, "method": "soft", "budget": 8, "eval_predictions": [1, 0, 1, 0]},
+        # restored from the results JSON: no predictions, the comparison made when it had them
+        "sst2-discover-seed0-8": {**base, "method": "discover", "budget": 8, "minus_manual": 0.123,
+                                  "interval_95": [0.01, 0.2]},
+        "sst2-gcg-seed0-8": {**base, "method": "gcg", "budget": 8},  # neither: left out
+    }
+    paired = {r["method"]: r for r in against_manual(records, labels)}
+    assert set(paired) == {"soft", "discover"}
+    assert paired["soft"]["minus_manual"] == 0.0  # both right on 3 of 4 rows
+    assert (paired["discover"]["minus_manual"], paired["discover"]["interval_95"]) == (0.123, [0.01, 0.2])
