@@ -4,7 +4,7 @@ Rows (10-token prompts; every trained row chooses its step on validation rows ca
 and the eval split, which chose nothing, is scored once per budget by the chosen prompt):
 - template: the task's own template alone (`{text} . It was`; AG News `{text} It was about`), zero-shot;
 - manual: the hand-written template alone (`Review: {text}\\nSentiment:`, `Article: {text}\\nTopic:`);
-- soft: our soft prompt with `softhard train`'s defaults (AdamW 3e-3, starting from the task's instruction);
+- soft: our soft prompt with `softhard train`'s defaults (AdamW 3e-2, starting from the task's instruction);
 - discover: `softhard discover`'s default search (PEZ, Adafactor 0.3, from the instruction; whole-word tokens
   that round-trip, so that the prompt is its text);
 - pez_reference: the PEZ reference preset (Adafactor 0.3, label-word init, the task's own template, as the
