@@ -286,7 +286,7 @@ def add_missing_predictions(records: dict, base, objectives: Objectives, work: P
     for key, record in records.items():
         if "eval_predictions" in record or record["method"] != "manual":
             continue
-        objective = objectives.get(record["task"], template_of(record["method"]))
+        objective = objectives.get(record["task"], "manual")
         scored = evaluate_prompt(base, objective, torch.tensor([], dtype=torch.long), return_predictions=True)
         if round(scored["accuracy"], 4) != record["eval"]:
             raise RuntimeError(f"{key}: rescoring gave {scored['accuracy']:.4f}, the record says {record['eval']}.")
@@ -392,7 +392,7 @@ def _percent(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
-def plots(records: dict, plan: dict, images: Path, suffix: str) -> list[str]:
+def plots(records: dict, images: Path, suffix: str) -> list[str]:
     """Eval accuracy against examples seen (each task) and against search seconds (SST-2): at each budget the
     mean over the seeds run there."""
     from peft_softhard.app.plots import line_plot
@@ -458,7 +458,7 @@ def main() -> None:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".md").write_text(report + "\n")
-    images = plots(records, plan, Path(args.images), "" if name == "full" else f"_{name}")
+    images = plots(records, Path(args.images), "" if name == "full" else f"_{name}")
     write_results(output, "prompt-method quality on SST-2 and AG News", started, plan_name=name, plan=plan,
                   summary=summary, against_manual=paired, missing=missing, images=images,
                   records={key: {k: v for k, v in r.items() if k != "eval_predictions"} for key, r in records.items()},
