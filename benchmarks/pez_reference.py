@@ -4,7 +4,8 @@ own template `{text} . It was`), resumable: run it again and it continues from i
 
 The reference scores 5,000 held-out train rows every 100 steps; on 2 CPU cores that alone would take about
 8 minutes a time, so the default here holds out 1,000 rows (sentences of 10+ words) and scores every 250
-steps. `--reference-selection` uses the reference's 5,000 rows every 100 steps (for a GPU or a long night).
+steps. `--reference-selection` uses the reference's 5,000 rows every 100 steps (for a GPU or a long night); the
+model runs on a GPU when torch sees one (`--device`).
 The eval split (SST-2 dev, 872 rows) is scored once, by the chosen prompt.
 
     python benchmarks/pez_reference.py                 # 5,000 steps; about 4-5 hours on 2 cores, resumable
@@ -34,6 +35,7 @@ def main() -> None:
     options.add_argument("--steps", type=int, default=5000)
     options.add_argument("--reference-selection", action="store_true",
                          help="the reference's 5,000 validation rows, scored every 100 steps")
+    options.add_argument("--device", default="auto", help="where the model runs (default: a GPU when there is one)")
     options.add_argument("--work-dir", default=str(RUN_STATE / "pez_reference"),
                          help="the run's checkpoint (resumable; the full run's is committed)")
     args = options.parse_args()
@@ -52,7 +54,8 @@ def main() -> None:
         selection = ["--validation-rows", "8", "--eval-interval", "2", "--max-train", "32", "--max-eval", "16",
                      "--batch-size", "4", "--model", str(work / "tiny-model")]
     argv = ["discover", "--preset", "pez-reference", "--task", "sst2", "--steps", str(args.steps),
-            "--data-dir", str(SHARED / "data"), "--output-dir", str(work), "--resume", "--json", *selection]
+            "--data-dir", str(SHARED / "data"), "--output-dir", str(work), "--resume", "--json",
+            "--device", args.device, *selection]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = softhard(argv)

@@ -20,6 +20,8 @@ import torch.distributed as dist
 def init_from_environment() -> None:
     """Join the process group that `torchrun` / `accelerate launch` describe in the environment (if any)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        if torch.cuda.is_available():  # one GPU per process: NCCL refuses two ranks on one device
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
 
 

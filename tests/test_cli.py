@@ -35,7 +35,8 @@ def test_every_command_has_help(capsys):
 def test_train_eval_project_export_import_round(capsys, files, tmp_path):
     model = ["--model", str(files / "tiny-gpt2")]
     trained = softhard(capsys, "train", *model, *task_args(files), "--num-virtual-tokens", "2", "3", "--steps", "4",
-                       "--eval-interval", "2", "--batch-size", "4", "--output-dir", str(tmp_path / "train"))
+                       "--eval-interval", "2", "--batch-size", "4", "--output-dir", str(tmp_path / "train"),
+                       "--device", "cpu")
     assert [run["num_virtual_tokens"] for run in trained["runs"]] == [2, 3]
     assert all(0 <= run["validation_accuracy"] <= 1 for run in trained["runs"])
     assert (tmp_path / "train" / "training_curves.png").stat().st_size > 1000
@@ -188,6 +189,29 @@ def test_errors_are_reported_not_raised(capsys, files):
     assert "Unknown task 'no-such-task'" in capsys.readouterr().err
     assert main(["eval", "--model", str(files / "tiny-gpt2"), *task_args(files), "--manual"]) == 2
     assert "no manual prompt" in capsys.readouterr().err
+
+
+def test_device_is_checked_before_the_model_loads(capsys, files, monkeypatch):
+    import peft_softhard.app.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded the model for a bad --device"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, message in [("gpu0", "'gpu0' is not a device torch knows"), ("cuda", "torch sees no CUDA GPU")]:
+        assert main(["eval", "--model", str(files / "tiny-gpt2"), *task_args(files), "--device", device]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_device_auto_is_the_gpu_when_torch_sees_one(monkeypatch):
+    from peft_softhard.app.models import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun's second process on a machine
+    assert resolve_device("auto") == torch.device("cuda", 1)
 
 
 def test_a_task_file_with_jsonl_and_tsv_data(capsys, files, tmp_path):

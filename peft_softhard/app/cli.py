@@ -81,9 +81,11 @@ def _with_init(prompt, args, task, tokenizer):
 
 
 def _model(args, task_type: str, default: str | None = None):
-    from .models import DEFAULT_MODEL, load_model
+    from .models import DEFAULT_MODEL, load_model, resolve_device
 
-    return load_model(args.model or default or DEFAULT_MODEL, task_type)
+    device = resolve_device(args.device)  # a wrong --device is refused before the model loads
+    model, tokenizer = load_model(args.model or default or DEFAULT_MODEL, task_type)
+    return model.to(device), tokenizer
 
 
 def _load_adapter(args):
@@ -439,6 +441,7 @@ def _add_project(commands) -> None:
     project.add_argument("--top-k", type=int, default=5, help="default %(default)s")
     project.add_argument("--metric", choices=["cosine", "dot", "l2"], help="default: the adapter's own")
     project.add_argument("--all-vocabulary", action="store_true", help="read against every token, special ones too")
+    _add_device(project)
     _add_output(project)
     project.set_defaults(handler=cmd_project)
 
@@ -452,6 +455,7 @@ def _add_export(commands) -> None:
     export.add_argument("--name", help="kobold: the prompt's name")
     export.add_argument("--author", default="", help="kobold: author")
     export.add_argument("--description", default="", help="kobold: description")
+    _add_device(export)
     _add_output(export)
     export.set_defaults(handler=cmd_export)
 
@@ -462,6 +466,7 @@ def _add_import(commands) -> None:
     imported.add_argument("zip", help="the KoboldAI .zip")
     imported.add_argument("--model", help="base model the prompt is for (default smollm2-135m)")
     imported.add_argument("--out", required=True, help="adapter folder to write")
+    _add_device(imported)
     _add_output(imported)
     imported.set_defaults(handler=cmd_import)
 
@@ -483,6 +488,7 @@ def _add_demo(commands) -> None:
     demo.add_argument("--hard-steps", type=int, default=40, help="default %(default)s")
     demo.add_argument("--batch-size", type=int, default=8, help="default %(default)s")
     demo.add_argument("--seed", type=int, default=0)
+    _add_device(demo)
     _add_output(demo, "out/demo")
     demo.set_defaults(handler=cmd_demo)
 
@@ -512,6 +518,13 @@ def _add_model_and_task(parser: argparse.ArgumentParser, task_type: bool = True)
     group.add_argument("--max-eval", type=int, default=None,
                        help="a seeded subset of the eval split (default: all of it)")
     group.add_argument("--seed", type=int, default=0, help="seed for subsets, initialisation and batches")
+    _add_device(group)
+
+
+def _add_device(parser: Any) -> None:  # a parser or an argument group
+    parser.add_argument("--device", default="auto",
+                        help="where the model runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda, "
+                             "cuda:1, mps (default %(default)s)")
 
 
 def _add_output(parser: argparse.ArgumentParser, default: str | None = None) -> None:

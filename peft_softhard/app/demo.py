@@ -24,7 +24,7 @@ from ..objectives import DistillationObjective
 from ..optimization.discovery import DiscoveryConfig, DiscoveryResult, run
 from ..optimization.training import TrainConfig, TrainResult, train_prompt
 from ..reading import project_prompt
-from .models import DEFAULT_MODEL, load_model
+from .models import DEFAULT_MODEL, load_model, resolve_device
 from .plots import plot_training_curves
 from .reporting import evaluate_prompt, table
 from .tasks import SST2, load_task_data, prompt_init, task_objective
@@ -36,6 +36,7 @@ def run_demo(args: Any) -> dict:
     say = (lambda *a: None) if quiet else print
     torch.manual_seed(args.seed)
     model, tokenizer = load_model(args.model or DEFAULT_MODEL)
+    model.to(resolve_device(getattr(args, "device", "auto")))
     say(f"Model: {args.model or DEFAULT_MODEL} (loaded in {time.time() - started:.0f} s)")
 
     data = load_task_data(SST2, args.train_rows, args.eval_rows, args.seed, args.data_dir, args.validation_rows)

@@ -77,6 +77,24 @@ def load_model(name_or_path: str = DEFAULT_MODEL, task_type: str = "CAUSAL_LM", 
     return model.eval(), tokenizer
 
 
+def resolve_device(name: str = "auto") -> Any:
+    """The `torch.device` for `--device`: `auto` is a CUDA GPU when torch sees one (under `torchrun`, this
+    process's own: $LOCAL_RANK), else the CPU."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name!r} is not a device torch knows: use auto, cpu, cuda, cuda:1, mps.") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: torch sees no CUDA GPU on this machine; use --device cpu (or auto).")
+    return device
+
+
 def pad_with_eos(model: Any, tokenizer: Any) -> None:
     """Give a tokenizer (and its model's config) a padding token, the end-of-sequence one, where it has none."""
     if tokenizer.pad_token is None:
