@@ -35,8 +35,9 @@ def run_demo(args: Any) -> dict:
     started, output, quiet = time.time(), Path(args.output_dir), args.json
     say = (lambda *a: None) if quiet else print
     torch.manual_seed(args.seed)
+    device = resolve_device(args.device)  # a wrong --device is refused before the model loads
     model, tokenizer = load_model(args.model or DEFAULT_MODEL)
-    model.to(resolve_device(getattr(args, "device", "auto")))
+    model.to(device)
     say(f"Model: {args.model or DEFAULT_MODEL} (loaded in {time.time() - started:.0f} s)")
 
     data = load_task_data(SST2, args.train_rows, args.eval_rows, args.seed, args.data_dir, args.validation_rows)
