@@ -21,6 +21,13 @@ from conftest import CLI_RUNS as RUNS
 from conftest import task_args
 
 
+# How far a resumed run's continuous prompt may sit from the uninterrupted run's. Bit-identical here, but CI once
+# measured a difference above 1e-6 (values equal to 4 decimals): two processes' float reductions can differ in
+# the last bit, and AdamW's g / sqrt(v) turns that into ~1e-5 over 40 steps. A resume that loses the optimiser
+# state, the batches or a step moves the prompt by about the learning rate (0.05): far outside this.
+RESUME_TOLERANCE = 1e-4
+
+
 def command(files, run: str, output) -> list[str]:
     return [sys.executable, "-m", "peft_softhard.app.cli", *RUNS[run], "--model", str(files / "tiny-gpt2"),
             *task_args(files), "--steps", "40", "--batch-size", "4", "--eval-interval", "10",
@@ -62,8 +69,8 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(files, tmp_path, run)
     if run.startswith("train"):
         ours = adapter_tensors(tmp_path / "killed" / "n3" / "adapter")
         theirs = adapter_tensors(tmp_path / "straight" / "n3" / "adapter")
-        for key in theirs:
-            assert torch.allclose(ours[key].float(), theirs[key].float(), atol=1e-6), (key, delay)
+        for key in theirs:  # (see RESUME_TOLERANCE)
+            assert torch.allclose(ours[key].float(), theirs[key].float(), atol=RESUME_TOLERANCE), (key, delay)
         if run == "train-hard":
             assert torch.equal(ours["token_ids"], theirs["token_ids"]), delay
         ours_history = json.loads((tmp_path / "killed" / "n3" / "history.json").read_text())
