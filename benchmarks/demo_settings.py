@@ -44,6 +44,7 @@ def settings():
         "pez adafactor 0.3 vocab": five("vocab", pez),
         "pez adafactor 0.3 vocab, 10 tokens": five("vocab", pez, length=10),
         "pez adafactor 0.3 soft, distilled": five("soft", pez, distilled=True),
+        "pez adafactor 0.3 soft": HardSearch(length=7, init="soft", init_text=None, search=pez),
         # exact search: run with --hard-steps 5, about the compute of 40 PEZ steps (16 candidates on 8 rows a step)
         "gcg manual": five("manual", {"method": "gcg", **GCG}),
         "gcg vocab": five("vocab", {"method": "gcg", **GCG}),
@@ -57,14 +58,14 @@ SETTINGS_ROWS = 600  # a paired difference of two prompts on 600 rows has a stan
 
 def settings_rows(data, rows: int):
     """`data` with its validation rows replaced by `rows` rows of the train split that are neither in its
-    train nor in its validation rows, carved as validation rows are (seeded, of at least the task's minimum
-    words)."""
+    train nor in its validation rows, carved as validation rows are (seeded, whole sentences)."""
     from peft_softhard.app.tasks import SST2, TaskData, carve_validation
 
     texts, labels = SST2.load("train", data_dir=str(SHARED / "data"))
     used = set(data.train[0]) | set(data.validation[0])
     unused = [i for i, text in enumerate(texts) if text not in used]
-    carved, _ = carve_validation([texts[i] for i in unused], rows, 7, SST2.validation_min_words)
+    carved, _ = carve_validation([texts[i] for i in unused], rows, 7, SST2.validation_min_words,
+                                 SST2.validation_sentences_only)
     chosen = [unused[j] for j in carved]
     return TaskData(data.train, ([texts[i] for i in chosen], [labels[i] for i in chosen]), data.evaluation)
 

@@ -10,13 +10,21 @@ and the eval split, which chose nothing, is scored once per budget by the chosen
 - pez_reference: the PEZ reference preset (Adafactor 0.3, label-word init, the task's own template, as the
   PEZ language-model code), here with this benchmark's validation rows and budgets;
 - gcg: GCG (32 candidates of one swap, a buffer of 4) from the instruction, for discover's wall time;
-- lora: LoRA r=8 on the same frozen model (AdamW 1e-3), an upper reference.
+- lora: LoRA r=8 on the same frozen model (AdamW 1e-3), an upper reference;
+- refine: PEZ followed by exact refinement: discover's chosen prompt at the same seed and budget, then GCG's
+  swaps (32 candidates changing 2 positions each, a buffer of the 4 best prompts) for as many search seconds
+  again as discover took; its examples and seconds count discover's too;
+- distill: soft-to-hard distillation: PEZ (discover's settings) on KL(the soft prompt's class distribution ||
+  the hard prompt's) over training rows, from the soft prompt's vectors (its reading), the soft prompt being
+  the soft row's chosen prompt at the same seed and budget; its examples count the soft prompt's too.
 Every prompt but pez_reference goes in front of the manual template. Budgets are examples seen (steps x 16):
 800 and 3,200 for every row, 12,800 for soft and discover (SST-2, second seed), 3 seeds at 3,200 for soft,
 discover and pez_reference on SST-2. A budget continues the previous one's run (constant learning rates, so
 the 3,200 run passes through the 800 one): its number is the best prompt of the steps up to that budget.
 Eval splits: SST-2's full dev set (872 rows); AG News' official test set, a seeded class-balanced 2,000 rows.
-Each SST-2 hard prompt is also scored as text with the other template (transfer).
+Each SST-2 hard prompt is also scored as text with the other template (transfer). The refine and distill
+rows run after the rest, on the (task, seed, budget) of each plan's `extra` list (the seeds whose discover and
+soft runs end at that budget).
 
     python benchmarks/quality.py            # everything: about 8-9 hours on 2 cores, resumable
     python benchmarks/quality.py --quick    # small subsets, one seed (minutes)
@@ -41,7 +49,7 @@ from typing import Any
 
 import torch
 from reporting import write_results
-from subjects import RUN_STATE, SHARED, checkpoint_on_kill, load, parser, plan_name, strip_adapters
+from subjects import RUN_STATE, SHARED, checkpoint_on_kill, load, parser, plan_name, sst2_as_recorded, strip_adapters
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "quality.json"
@@ -51,20 +59,30 @@ LABELS = {
     "soft": "soft prompt (train defaults)", "discover": "hard: discover defaults (PEZ, Adafactor)",
     "pez_reference": "hard: PEZ reference preset", "gcg": "hard: GCG, discover's wall time",
     "lora": "LoRA r=8 (reference)",
+    "refine": "hard: discover + exact refinement (twice discover's time)",
+    "distill": "hard: distilled from the soft prompt (KL; soft's examples too)",
 }
-HARD = ("discover", "pez_reference", "gcg")
+HARD = ("discover", "pez_reference", "gcg", "refine", "distill")
 GCG = {"method": "gcg", "gcg_candidates": 32, "gcg_top_k": 64, "buffer_size": 4, "n_replace": 1}
+REFINE = {"method": "gcg", "gcg_candidates": 32, "gcg_top_k": 64, "buffer_size": 4, "n_replace": 2}
 PLANS = {
     # eval_every: steps between validation scores, for the stage that ends at each budget
     "full": {"batch": 16, "length": 10, "validation_rows": 300, "max_train": 12800, "budgets": [800, 3200],
              "long_budget": 12800, "seeds": [0, 1, 2], "eval_rows": {"sst2": None, "ag_news": 2000},
-             "eval_every": {800: 25, 3200: 50, 12800: 200}, "gcg_eval_every": 5, "lora_lr": 1e-3},
+             "eval_every": {800: 25, 3200: 50, 12800: 200}, "gcg_eval_every": 5, "lora_lr": 1e-3,
+             # (task, method, seed, budget): seeds 1-2 on SST-2, where discover ran alone (seed 0's seconds were
+             # inflated by other jobs) and soft seed 2's run ends at 3,200 (seed 1's went on to 12,800)
+             "extra": [("sst2", "refine", 1, 800), ("sst2", "refine", 1, 3200), ("sst2", "refine", 2, 3200),
+                       ("sst2", "distill", 2, 3200), ("ag_news", "refine", 0, 800), ("ag_news", "refine", 0, 3200),
+                       ("ag_news", "distill", 0, 3200)]},
     "quick": {"batch": 8, "length": 10, "validation_rows": 100, "max_train": 800, "budgets": [160],
               "long_budget": 320, "seeds": [0], "eval_rows": {"sst2": 200, "ag_news": 200},
-              "eval_every": {160: 10, 320: 20}, "gcg_eval_every": 2, "lora_lr": 1e-3},
+              "eval_every": {160: 10, 320: 20}, "gcg_eval_every": 2, "lora_lr": 1e-3,
+              "extra": [("sst2", "refine", 0, 160), ("sst2", "distill", 0, 320)]},
     "tiny": {"batch": 4, "length": 3, "validation_rows": 6, "max_train": 24, "budgets": [8, 16], "long_budget": 24,
              "seeds": [0, 1], "eval_rows": {"sst2": 16, "ag_news": 16}, "eval_every": {8: 1, 16: 2, 24: 2},
              "gcg_eval_every": 1, "lora_lr": 1e-3, "gcg": {"gcg_candidates": 4, "gcg_top_k": 4},
+             "extra": [("sst2", "refine", 0, 16), ("sst2", "distill", 0, 16)],
              "whole_words": False},  # the tiny model's vocabulary is mostly not whole words
 }
 
@@ -100,6 +118,7 @@ def plan_stages(plan: dict) -> list[tuple[Row, int]]:
     # with a machine (before the run state was committed), and redoing their 3,200 examples costs two hours.
     long_seed = (others or [first])[0]
     stages += [(Row("sst2", m, long_seed), plan["long_budget"]) for m in ("soft", "discover")]
+    stages += [(Row(task, method, seed), budget) for task, method, seed, budget in plan.get("extra", [])]
     return stages
 
 
@@ -107,11 +126,18 @@ def record_name(row: Row, budget: int) -> str:
     return f"{row.name}-{budget}"
 
 
+def run_name(row: Row, budget: int) -> str:
+    """The run (folder) a stage continues: one per row, whose budgets follow each other, but refine starts
+    afresh at each budget (from discover's prompt at that budget)."""
+    return record_name(row, budget) if row.method == "refine" else row.name
+
+
 # ------------------------------------------------------------------------------------------------ data
 def task_of(name: str):
-    from peft_softhard.app.tasks import AG_NEWS, SST2
+    """The task; SST-2 with the validation rows this run began with (`sst2_as_recorded`)."""
+    from peft_softhard.app.tasks import AG_NEWS
 
-    return SST2 if name == "sst2" else AG_NEWS
+    return sst2_as_recorded() if name == "sst2" else AG_NEWS
 
 
 def task_data(name: str, plan: dict):
@@ -154,7 +180,7 @@ class Objectives:
 def stage_config(plan: dict, method: str, budget: int, seed: int) -> dict:
     """The loop's settings for the stage of a run that ends at `budget` examples."""
     steps = budget // plan["batch"]
-    every = plan["gcg_eval_every"] if method == "gcg" else plan["eval_every"][budget]
+    every = plan["gcg_eval_every"] if method in ("gcg", "refine") else plan["eval_every"][budget]
     return {"steps": steps, "batch_size": plan["batch"], "eval_interval": every, "seed": seed, "show_progress": False}
 
 
@@ -177,8 +203,10 @@ def train_soft(base, tokenizer, objective, row: Row, budget: int, plan: dict, wo
 
 
 def search_hard(base, tokenizer, objective, row: Row, budget: int, plan: dict, work: Path,
-                max_seconds: float | None = None) -> dict:
-    from peft_softhard import DiscoveryConfig, SoftHardConfig, run
+                max_seconds: float | None = None, start: dict | None = None) -> dict:
+    """`start`: where refine starts ({"token_ids": discover's prompt}) or whom distill imitates ({"vectors": the
+    soft prompt}, also its start)."""
+    from peft_softhard import DiscoveryConfig, DistillationObjective, SoftHardConfig, run
     from peft_softhard.app.cli import DISCOVER_DEFAULTS, discover_defaults
     from peft_softhard.app.tasks import prompt_init
 
@@ -188,16 +216,21 @@ def search_hard(base, tokenizer, objective, row: Row, budget: int, plan: dict, w
         init = discover_defaults("pez-reference")["init"]  # the reference's own init, as `--preset` sets it
     else:
         search = {k: DISCOVER_DEFAULTS[k] for k in ("method", "lr", "optimizer", "weight_decay")}
-        if row.method == "gcg":  # as many steps as fit in discover's wall time
-            search.update(GCG, **plan.get("gcg", {}))
+        if row.method in ("gcg", "refine"):  # as many steps as fit in the given wall time
+            search.update(GCG if row.method == "gcg" else REFINE, **plan.get("gcg", {}))
             settings.update(steps=1_000_000, max_seconds=max_seconds)
         config, init = DiscoveryConfig(**search, **settings), DISCOVER_DEFAULTS["init"]
+    init_fields = prompt_init(task_of(row.task), init, tokenizer, plan["length"])
+    init_prompt = None
+    if row.method == "refine":
+        init_fields = {"init": "token_ids", "init_token_ids": start["token_ids"]}
+    elif row.method == "distill":
+        objective, init_prompt = DistillationObjective(objective, start["vectors"]), start["vectors"]
     whole_words = plan.get("whole_words", True)
     prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=plan["length"], mode="hard",
-                            word_start_only=whole_words, round_trip_only=whole_words,
-                            **prompt_init(task_of(row.task), init, tokenizer, plan["length"]))
+                            word_start_only=whole_words, round_trip_only=whole_words, **init_fields)
     result = run(base, objective, config, prompt, tokenizer, checkpoint_dir=str(work / "checkpoint"),
-                 checkpoint_interval=settings["eval_interval"], resume=True)
+                 checkpoint_interval=settings["eval_interval"], resume=True, init_prompt=init_prompt)
     return {"prompt": torch.tensor(result.token_ids), "token_ids": result.token_ids, "text": result.text,
             "round_trips": result.round_trips, "perplexity": result.perplexity, "validation": result.best_score,
             "best_step": result.best_step, "steps": result.steps, "score_history": result.score_history,
@@ -231,6 +264,18 @@ def train_lora(base, objective, row: Row, budget: int, plan: dict, work: Path) -
             "seconds": state.seconds, "trainable_parameters": sum(p.numel() for p in parameters.values())}
 
 
+def soft_prompt_at(run_dir: Path, budget: int, plan: dict, record: dict | None) -> torch.Tensor:
+    """[n, d] the soft row's chosen prompt at `budget`: its run's best adapter, if the run ended at that budget."""
+    from peft_softhard.files import read_prompt_vectors
+
+    history = run_dir / "history.json"
+    ended = json.loads(history.read_text())["steps"] if history.is_file() else None
+    if record is None or ended != budget // plan["batch"]:
+        raise RuntimeError(f"distill imitates the soft prompt chosen at {budget} examples: {run_dir} must hold a "
+                           f"soft run that ended there (it ended at step {ended}); pick a seed whose soft run did.")
+    return read_prompt_vectors(run_dir / "best")
+
+
 def template_of(method: str) -> str:
     """The template a method's prompt goes in front of: the task's own for the reference preset (and the
     zero-shot row of that template), the manual one for everything else."""
@@ -244,7 +289,7 @@ def run_stage(row: Row, budget: int, base, tokenizer, objectives: Objectives, pl
 
     template = template_of(row.method)
     objective = objectives.get(row.task, template)
-    run_dir = work / "runs" / row.name
+    run_dir = work / "runs" / run_name(row, budget)
     if row.method in ("template", "manual"):
         empty = torch.tensor([], dtype=torch.long)
         out = {"prompt": empty, "validation": evaluate_prompt(base, objective, empty, "held_out")["accuracy"],
@@ -254,17 +299,29 @@ def run_stage(row: Row, budget: int, base, tokenizer, objectives: Objectives, pl
     elif row.method == "lora":
         out = train_lora(base, objective, row, budget, plan, run_dir)
     else:
-        max_seconds = None
-        if row.method == "gcg":
-            paced = records.get(record_name(dataclasses.replace(row, method="discover"), budget))
-            if paced is None:
-                raise RuntimeError("GCG runs for discover's wall time: run discover's stage of the same seed first.")
-            max_seconds = paced["search_seconds"]
-        out = search_hard(base, tokenizer, objective, row, budget, plan, run_dir, max_seconds)
+        max_seconds, start, before = None, None, None
+        if row.method in ("gcg", "refine"):
+            before = records.get(record_name(dataclasses.replace(row, method="discover"), budget))
+            if before is None:
+                raise RuntimeError(f"{row.method} runs for discover's wall time: run discover's stage of the same "
+                                   "seed and budget first.")
+            max_seconds = before["search_seconds"]
+            start = {"token_ids": before["token_ids"]} if row.method == "refine" else None
+        elif row.method == "distill":
+            before = records.get(record_name(dataclasses.replace(row, method="soft"), budget))
+            start = {"vectors": soft_prompt_at(work / "runs" / dataclasses.replace(row, method="soft").name, budget,
+                                               plan, before)}
+        out = search_hard(base, tokenizer, objective, row, budget, plan, run_dir, max_seconds, start)
+        if row.method in ("refine", "distill"):  # what came before counts: discover's search, the soft training
+            out["own_seconds"] = out["seconds"]
+            out["steps"] += before["steps"]
+            out["search_seconds"] += before["search_seconds"]
+            out["seconds"] += before["seconds"]
     model = out.pop("model", base)
     started = time.time()
     scored = evaluate_prompt(model, objective, out.pop("prompt"), return_predictions=True)
-    record = {**dataclasses.asdict(row), "budget": budget, "examples_seen": out["steps"] * plan["batch"], **out,
+    record = {**dataclasses.asdict(row), "budget": budget, "run": run_name(row, budget),
+              "examples_seen": out["steps"] * plan["batch"], **out,
               "eval": round(scored["accuracy"], 4), "eval_macro_f1": round(scored["macro_f1"], 4),
               "eval_rows": scored["examples"], "eval_seconds": round(time.time() - started, 1),
               "eval_predictions": scored["predictions"]}
@@ -468,10 +525,10 @@ def main() -> None:
 def total_seconds(records: dict) -> float:
     """The CPU seconds of everything done so far: each run's own seconds (a record holds its run's seconds up
     to its budget, the earlier budgets included) and every eval scoring."""
-    runs: dict[tuple, float] = {}
-    for r in records.values():
-        key = (r["task"], r["method"], r["seed"])
-        runs[key] = max(runs.get(key, 0.0), r["seconds"])
+    runs: dict[str, float] = {}
+    for r in records.values():  # refine's and distill's seconds include discover's / soft's: their own only
+        key = r.get("run", Row(r["task"], r["method"], r["seed"]).name)
+        runs[key] = max(runs.get(key, 0.0), r.get("own_seconds", r["seconds"]))
     return sum(runs.values()) + sum(r["eval_seconds"] for r in records.values())
 
 

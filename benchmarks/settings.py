@@ -3,7 +3,8 @@ SmolLM2-135M and SST-2, with honest selection. The defaults of `softhard train`,
 demo and `TrainConfig` / `DiscoveryConfig` come from this table.
 
 Every row trains on the same 1,000 training rows, chooses its step on 300 validation rows carved from the
-rest of SST-2's train split (sentences of 10 or more words, as `load_task_data` carves them) and is scored
+rest of SST-2's train split (rows of 10 or more words, as `load_task_data` carved them when this table was
+begun: `subjects.sst2_as_recorded`) and is scored
 once on the full dev set (872 rows), which chose nothing. The prompt goes before the manual template
 (`Review: {text}\\nSentiment:`), as in the demo and the quality benchmark.
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 from reporting import write_results
-from subjects import SHARED, load, parser
+from subjects import SHARED, load, parser, sst2_as_recorded
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "settings.json"
@@ -60,8 +61,8 @@ logger = logging.getLogger("settings")
 def objective_for(tokenizer, plan: dict):
     from peft_softhard.app.tasks import SST2, load_task_data, task_objective
 
-    data = load_task_data(SST2, plan["train_rows"], plan["eval_rows"], seed=0, data_dir=str(SHARED / "data"),
-                          validation_rows=plan["validation_rows"])
+    data = load_task_data(sst2_as_recorded(), plan["train_rows"], plan["eval_rows"], seed=0,
+                          data_dir=str(SHARED / "data"), validation_rows=plan["validation_rows"])
     return task_objective(SST2, data, tokenizer, template=SST2.manual_template)
 
 

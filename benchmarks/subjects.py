@@ -21,6 +21,17 @@ SHARED = Path(os.environ.get("PEFT_SOFTHARD_SHARED") or Path(__file__).resolve()
 RUN_STATE = Path(__file__).resolve().parent / "results" / "runs"
 
 
+def sst2_as_recorded():
+    """SST-2 with the validation rows the quality and settings runs began with (rows of 10+ words, phrases
+    included), before SST-2's validation rows became whole sentences: their committed stages and checkpoints
+    stay comparable with the stages still to run."""
+    import dataclasses
+
+    from peft_softhard.app.tasks import SST2
+
+    return dataclasses.replace(SST2, validation_min_words=10, validation_sentences_only=False)
+
+
 def load(tiny: bool, random_weights: bool = False, device: str = "cpu") -> tuple[Any, Any]:
     """(model, tokenizer): the tiny GPT-2, SmolLM2-135M, or SmolLM2-135M's architecture with random weights."""
     import transformers

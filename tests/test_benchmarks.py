@@ -149,7 +149,8 @@ def test_quality_benchmark_tiny_run(benchmark_results):
     records = results["records"]
     methods = {(row["task"], row["method"]) for row in results["summary"]}
     assert methods == {(task, m) for task in ("sst2", "ag_news")
-                       for m in ("template", "manual", "soft", "discover", "gcg", "pez_reference", "lora")}
+                       for m in ("template", "manual", "soft", "discover", "gcg", "pez_reference", "lora")} | {
+                           ("sst2", "refine"), ("sst2", "distill")}
     assert all(0.0 <= r["eval"] <= 1.0 and 0.0 <= r["validation"] <= 1.0 for r in records.values())
     assert {Path(p).name for p in results["images"]} == {
         "quality_sst2_examples_tiny.png", "quality_sst2_search_tiny.png", "quality_ag_news_examples_tiny.png"}
@@ -162,6 +163,13 @@ def test_quality_benchmark_tiny_run(benchmark_results):
     gcg = records["sst2-gcg-seed0-8"]
     assert gcg["search_seconds"] >= short["search_seconds"]  # GCG ran (at least) discover's wall time
     assert all("transfer" in records[f"sst2-{m}-seed0-16"] for m in ("discover", "gcg", "pez_reference"))
+    # refine starts at discover's prompt and runs for discover's seconds again; both count in its record
+    refine, discover = records["sst2-refine-seed0-16"], records["sst2-discover-seed0-16"]
+    assert refine["score_history"][0][1] == discover["validation"] and refine["validation"] >= discover["validation"]
+    assert refine["search_seconds"] >= 2 * discover["search_seconds"] and refine["steps"] > discover["steps"]
+    # distill imitates soft's chosen prompt at the same budget, starting from it; soft's examples count too
+    distill, soft = records["sst2-distill-seed0-16"], records["sst2-soft-seed0-16"]
+    assert distill["steps"] == soft["steps"] + 4 and distill["run"] == "sst2-distill-seed0"
     paired = {(r["task"], r["method"], r["budget"], r["seed"]): r for r in results["against_manual"]}
     assert ("sst2", "template", 0, 0) in paired and ("ag_news", "discover", 16, 0) in paired
     assert all(r["interval_95"][0] <= r["minus_manual"] <= r["interval_95"][1] for r in paired.values())
@@ -224,7 +232,7 @@ def test_demo_settings_compares_settings_on_rows_the_demo_never_sees(monkeypatch
     texts = judged.validation[0]
     assert len(texts) == 600 == len(set(texts))
     assert not set(texts) & (set(data.train[0]) | set(data.validation[0]))
-    assert min(len(text.split()) for text in texts) >= SST2.validation_min_words
+    assert all(text.rstrip().endswith((".", "!", "?")) for text in texts)  # whole sentences, as validation's
     assert judged.train == data.train and judged.evaluation == data.evaluation
 
 

@@ -50,7 +50,7 @@ def test_the_built_wheel_installs_in_a_fresh_environment_and_runs_the_demo(tmp_p
     assert low <= report["hard_minus_manual"] <= high
     for key in ("manual", "soft", "hard", "reading"):
         assert 0 <= report[key]["accuracy"] <= 1
-    assert report["hard_round_trips"] is True and len(report["hard_token_ids"]) == 7  # the question it starts from
+    assert report["hard_round_trips"] is True and len(report["hard_token_ids"]) == 7  # HardSearch's length
     assert report["soft_reading"] and (tmp_path / "out" / "training_curves.png").stat().st_size > 1000
     assert (tmp_path / "cache" / "smollm2-135m" / "model.safetensors").exists()
     # the package came from the wheel, not from this checkout

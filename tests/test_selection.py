@@ -21,10 +21,13 @@ def softhard(capsys, *argv: str) -> dict:
 
 
 def test_validation_rows_are_seeded_disjoint_long_enough_and_leave_most_data_to_train():
-    texts = [" ".join(["w"] * (i % 12 + 1)) for i in range(100)]
+    texts = [" ".join(["w"] * (i % 12 + 1)) + (" ." if i % 3 else "") for i in range(100)]
     validation, rest = carve_validation(texts, 10, seed=3, min_words=8)
     assert len(validation) == 10 and not set(validation) & set(rest) and len(rest) == 90
     assert all(len(texts[i].split()) >= 8 for i in validation)
+    sentences, _ = carve_validation(texts, 10, seed=3, min_words=8, sentences_only=True)
+    assert all(texts[i].endswith(" .") and len(texts[i].split()) >= 8 for i in sentences)
+    assert not all(texts[i].endswith(" .") for i in validation)  # without the rule, phrases are carved too
     assert carve_validation(texts, 10, seed=3, min_words=8) == (validation, rest)
     assert carve_validation(texts, 10, seed=4, min_words=8)[0] != validation
     assert len(carve_validation(texts, 500, seed=0)[0]) == 20  # at most a fifth of the rows
@@ -36,7 +39,7 @@ def test_sst2_validation_comes_from_train_sentences_not_from_dev():
     data = load_task_data(SST2, max_train=300, max_eval=50, seed=0, validation_rows=100)
     train, validation, evaluation = data.train[0], data.validation[0], data.evaluation[0]
     assert (len(train), len(validation), len(evaluation)) == (300, 100, 50)
-    assert all(len(text.split()) >= SST2.validation_min_words for text in validation)
+    assert all(text.rstrip().endswith((".", "!", "?")) for text in validation)  # whole sentences, as dev's rows
     assert not set(validation) & set(train)
     dev = set(SST2.load("eval")[0])
     assert not set(validation) & dev and set(evaluation) <= dev

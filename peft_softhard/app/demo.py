@@ -53,9 +53,10 @@ def run_demo(args: Any) -> dict:
                                   args.seed, show_progress=not quiet)
     soft_vectors = soft_model.prompt_encoder["default"].prompt_embeddings().detach()  # the best step's
     hard_settings = HardSearch()
+    start = {"text": repr(hard_settings.init_text), "soft": "the soft prompt's vectors"}.get(hard_settings.init,
+                                                                                          hard_settings.init)
     say(f"[2/4] discovering a {hard_settings.length}-token hard prompt: {args.hard_steps} steps x "
-        f"{args.batch_size} examples, {hard_settings.search['method']} from "
-        f"{hard_settings.init_text if hard_settings.init == 'text' else hard_settings.init!r}")
+        f"{args.batch_size} examples, {hard_settings.search['method']} from {start}")
     hard = discover_hard(model, tokenizer, objective, output / "hard", args.hard_steps,
                          args.batch_size, args.seed, soft_vectors, hard_settings, show_progress=not quiet)
     say("[3/4] reading the soft prompt as tokens")
@@ -93,19 +94,21 @@ def run_demo(args: Any) -> dict:
 SOFT_INIT = "manual"  # chosen on validation rows by benchmarks/settings.py
 
 
-# The demo's hard prompt starts from a question a user might type: 7 whole-word tokens (the task's instruction,
-# "Classify the sentiment ...", is not whole words, and in front of the template it scores below no prompt).
+# A question a user might type: 7 whole-word tokens (the task's instruction, "Classify the sentiment ...", is
+# not whole words, and in front of the template it scores below no prompt). The demo's hard prompt used to start
+# from it; it now starts from the soft prompt it has just trained (see `HardSearch`).
 HARD_START = " Is this movie review positive or negative"
 
 
 @dataclass
 class HardSearch:
     """How the demo searches for its hard prompt. The default is the setting `benchmarks/demo_settings.py`
-    chose on 600 training rows the demo never uses (never on the dev rows the demo reports)."""
+    chose on 600 training rows the demo never uses (never on the dev rows the demo reports): PEZ from the first
+    7 vectors of the soft prompt the demo trains first."""
 
     length: int = 7
-    init: str = "text"  # a `--init` choice; "soft": the first `length` vectors of the trained soft prompt
-    init_text: str | None = HARD_START  # the start with init="text"
+    init: str = "soft"  # a `--init` choice; "soft": the first `length` vectors of the trained soft prompt
+    init_text: str | None = None  # the start with init="text" (e.g. HARD_START)
     search: dict[str, Any] = field(default_factory=lambda: {"method": "pez", "optimizer": "adafactor", "lr": 0.3,
                                                             "weight_decay": 0.0})  # `DiscoveryConfig` fields
     distilled: bool = False  # match the soft prompt's answers instead of the labels

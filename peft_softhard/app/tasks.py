@@ -52,9 +52,12 @@ class Task:
     hub_splits: dict[str, Source] = field(default_factory=dict)  # used when the local files are absent
     manual_template: str | None = None  # a hand-written zero-shot prompt, for comparison
     instruction: str | None = None  # what a user would type before the template; `--init manual` starts from it
-    # Validation rows carved from the train split have at least this many words: SST-2's train split holds
-    # sub-sentence phrases (median 7 words), its dev split only sentences (median 19, 90% have 9 or more).
+    # Validation rows carved from the train split should be like the eval split's rows. SST-2's train split holds
+    # the treebank's sub-sentence phrases besides its sentences (of its rows of 10+ words, 61% are phrases), its
+    # dev split only sentences (97% end in . ! or ?): `validation_sentences_only` carves only rows that end a
+    # sentence (SST-2: 12,730 rows, none of them a part of another row), `validation_min_words` only rows this long.
     validation_min_words: int = 0
+    validation_sentences_only: bool = False
 
     @property
     def num_labels(self) -> int:
@@ -235,7 +238,7 @@ SST2 = Task(
     hub_splits={"train": Source("hub:glue:sst2", "train"), "eval": Source("hub:glue:sst2", "validation")},
     manual_template="Review: {text}\nSentiment:",
     instruction="Classify the sentiment of this movie review as positive or negative.",
-    validation_min_words=10,
+    validation_sentences_only=True,
 )
 
 AG_NEWS = Task(
@@ -298,20 +301,27 @@ def load_task_data(task: Task, max_train: int | None = None, max_eval: int | Non
     if not isinstance(validation_rows, int) or validation_rows < 1:
         raise ValueError(f"validation_rows must be a positive integer, got {validation_rows!r}.")
     texts, labels = task.load("train", data_dir=data_dir)
-    validation, train = carve_validation(texts, validation_rows, seed, task.validation_min_words)
+    validation, train = carve_validation(texts, validation_rows, seed, task.validation_min_words,
+                                         task.validation_sentences_only)
     if max_train is not None and max_train < len(train):
         train = sorted(random.Random(seed).sample(train, max_train))
     return TaskData(([texts[i] for i in train], [labels[i] for i in train]),
                     ([texts[i] for i in validation], [labels[i] for i in validation]), evaluation)
 
 
-def carve_validation(texts: list[str], rows: int, seed: int, min_words: int = 0) -> tuple[list[int], list[int]]:
-    """(validation indices, the other indices): `rows` seeded rows of at least `min_words` words (at most a
-    fifth of the data, so that most of it is left to train on)."""
+SENTENCE_ENDS = (".", "!", "?")
+
+
+def carve_validation(texts: list[str], rows: int, seed: int, min_words: int = 0,
+                     sentences_only: bool = False) -> tuple[list[int], list[int]]:
+    """(validation indices, the other indices): `rows` seeded rows of at least `min_words` words, and with
+    `sentences_only` ending in . ! or ? (at most a fifth of the data, so that most of it is left to train on;
+    any rows when none qualify)."""
     if len(texts) < 5:
         raise ValueError(f"The train split has {len(texts)} rows: too few to hold out validation rows; give at "
                          "least 5 training rows.")
-    eligible = [i for i, text in enumerate(texts) if len(text.split()) >= min_words] or list(range(len(texts)))
+    eligible = [i for i, text in enumerate(texts) if len(text.split()) >= min_words and
+                (not sentences_only or text.rstrip().endswith(SENTENCE_ENDS))] or list(range(len(texts)))
     share = min(rows, len(texts) // 5, len(eligible))
     if share < rows:
         logger.warning("Holding out %d validation rows, not %d: the train split has %d rows (%d eligible).", share,
