@@ -3,7 +3,7 @@
 own template `{text} . It was`), resumable: run it again and it continues from its checkpoint.
 
 The reference scores 5,000 held-out train rows every 100 steps; on 2 CPU cores that alone would take about
-8 minutes a time, so the default here holds out 1,000 rows (sentences of 10+ words) and scores every 250
+8 minutes a time, so the default here holds out 1,000 rows (whole sentences) and scores every 250
 steps. `--reference-selection` uses the reference's 5,000 rows every 100 steps (for a GPU or a long night); the
 model runs on a GPU when torch sees one (`--device`).
 The eval split (SST-2 dev, 872 rows) is scored once, by the chosen prompt.
@@ -43,7 +43,9 @@ def main() -> None:
     from peft_softhard.app.cli import main as softhard
 
     started = time.time()
-    work = Path(args.work_dir) / ("tiny" if args.tiny else f"steps{args.steps}")
+    # steps5000/ holds the run begun under SST-2's earlier validation rows (10+ words, phrases included), stopped
+    # at step 1,399: resuming it with today's rows (whole sentences) would mix two selection sets
+    work = Path(args.work_dir) / ("tiny" if args.tiny else f"sentences-steps{args.steps}")
     selection = [] if args.reference_selection else ["--validation-rows", "1000", "--eval-interval", "250"]
     if args.tiny:
         from subjects import load
