@@ -20,7 +20,6 @@ from safetensors.torch import load_file
 from conftest import CLI_RUNS as RUNS
 from conftest import task_args
 
-
 # How far a resumed run's continuous prompt may sit from the uninterrupted run's. Bit-identical here, but CI once
 # measured a difference above 1e-6 (values equal to 4 decimals): two processes' float reductions can differ in
 # the last bit, and AdamW's g / sqrt(v) turns that into ~1e-5 over 40 steps. A resume that loses the optimiser
