@@ -64,13 +64,10 @@ def _data(args, task, for_training: bool = False):
     return data
 
 
-def _check_init(args, task_default: str) -> None:
-    """Fill in `--init` (`task_default` for a task; a corpus has no instruction or label words: random vocabulary
-    tokens) and refuse the choices that are wrong whatever the task and model are (before anything is loaded)."""
+def _check_init(args) -> None:
+    """The `--init` choices that are wrong whatever the task and model are (before anything is loaded)."""
     from .tasks import check_prompt_init
 
-    if args.init is None:
-        args.init = "vocab" if args.corpus else task_default
     if args.corpus and args.init in ("manual", "labels"):
         raise ValueError(f"--init {args.init} starts from a task's instruction or label words, and a corpus has "
                          "neither: use --init text --init-text 'Write a movie review:' (or vocab, random).")
@@ -179,7 +176,7 @@ def cmd_train(args) -> dict:
 
     prompts = [SoftHardConfig(task_type=args.task_type, num_virtual_tokens=length, mode=args.mode, metric=args.metric)
                for length in args.num_virtual_tokens]  # checked now; their init once the tokenizer is loaded
-    _check_init(args, "manual")
+    _check_init(args)
     config = TrainConfig(steps=args.steps, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,
                          eval_interval=args.eval_interval, checkpoint_interval=args.checkpoint_interval,
                          seed=args.seed, max_seconds=args.max_seconds, show_progress=not args.json)
@@ -262,7 +259,7 @@ def cmd_discover(args) -> dict:
     prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.num_virtual_tokens, mode="hard",
                             metric=args.metric, ascii_only=args.ascii_only, word_start_only=args.word_start_only,
                             round_trip_only=args.round_trip_only)  # its init once the tokenizer is loaded
-    _check_init(args, discover_defaults(args.preset)["init"])
+    _check_init(args)
     config = DiscoveryConfig(method=args.method, steps=args.steps, lr=args.lr, optimizer=args.optimizer,
                              weight_decay=args.weight_decay, batch_size=args.batch_size,
                              eval_interval=args.eval_interval, num_restarts=args.restarts, seed=args.seed,
@@ -743,6 +740,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if getattr(args, "preset", None):  # parse again with the preset's defaults under the explicit options
         args = build_parser(args.preset).parse_args(argv)
+    if getattr(args, "init", "") is None:  # where a prompt starts by default depends on what it is trained for
+        task_default = discover_defaults(args.preset)["init"] if args.command == "discover" else "manual"
+        args.init = "vocab" if args.corpus else task_default  # a corpus has no instruction, no label words
     return args
 
 

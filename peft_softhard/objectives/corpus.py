@@ -30,9 +30,12 @@ import torch
 from torch import nn
 
 from .interface import Objective
-from .scoring import DEFAULT_EVAL_ROWS, Rows, candidate_target_log_probs, pad_rows, target_log_probs
+from .scoring import Rows, candidate_target_log_probs, pad_rows, target_log_probs
 
 CORPUS_SPLITS = ("train", "held_out", "eval")
+# Rows per forward when scoring without gradients. Every position's full-vocabulary logits are kept (a
+# classification objective keeps one position's): 16 rows of 128 tokens of a 49,152-token vocabulary are 400 MB.
+CORPUS_EVAL_ROWS = 16
 
 
 class CorpusObjective(Objective):
@@ -94,7 +97,7 @@ class CorpusObjective(Objective):
         rows = self.rows([self.train[i] for i in indices])
         return -target_log_probs(model, prompt_embeds, rows).sum() / rows.target_mask.sum()
 
-    def candidate_losses(self, model, prompt_ids, indices, max_rows=DEFAULT_EVAL_ROWS):
+    def candidate_losses(self, model, prompt_ids, indices, max_rows=CORPUS_EVAL_ROWS):
         rows = self.rows([self.train[i] for i in indices])
         log_probs = candidate_target_log_probs(model, prompt_ids, rows, max_rows)  # [C, R]
         return -log_probs.sum(1) / rows.target_mask.sum()
@@ -104,7 +107,7 @@ class CorpusObjective(Objective):
         """Mean negative log-likelihood (nats) per chunk token of `split` after one prompt (ids [n] or
         vectors [n, d]; an empty prompt: none)."""
         rows = self.rows(self.split(split))
-        log_probs = candidate_target_log_probs(model, prompt[None], rows)
+        log_probs = candidate_target_log_probs(model, prompt[None], rows, CORPUS_EVAL_ROWS)
         return (-log_probs.sum() / rows.target_mask.sum()).item()
 
     def perplexity(self, model: nn.Module, prompt: torch.Tensor, split: str = "held_out") -> float:
