@@ -88,6 +88,23 @@ def test_reading_a_corpus(tmp_path):
     assert split_corpus([f"document {i}" for i in range(20)], 0.1, 0.2, seed=3) == splits
 
 
+def test_a_hub_corpus_is_read_through_datasets(monkeypatch):
+    import datasets
+
+    asked = []
+
+    def load_dataset(name, config, split):
+        asked.append((name, config, split))
+        return datasets.Dataset.from_dict({"story": ["once upon a time", ""], "id": [1, 2]})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    assert read_corpus("hub:user/tales:short@validation", text_field="story") == ["once upon a time"]
+    assert read_corpus("hub:user/tales", text_field="story") and asked[-1] == ("user/tales", None, "train")
+    assert asked[0] == ("user/tales", "short", "validation")
+    with pytest.raises(ValueError, match="no column 'text'"):
+        read_corpus("hub:user/tales")
+
+
 def test_bad_corpora_are_refused_with_the_reason(tmp_path, gpt2_tokenizer):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n\n")
