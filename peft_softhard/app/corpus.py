@@ -56,14 +56,15 @@ def split_documents(text: str) -> list[str]:
 
 def _read_text(path: Path, text_field: str) -> str:
     data = path.read_bytes()
+    problem = f"a NUL byte at byte {data.index(0)}" if 0 in data else None
     try:
-        if b"\x00" in data:
-            raise UnicodeDecodeError("utf-8", data, data.index(b"\x00"), data.index(b"\x00") + 1, "a NUL byte")
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not a text file ({error.reason} at byte {error.start}): give UTF-8 text with "
-                         "documents separated by blank lines, or a .jsonl file with a "
-                         f"{text_field!r} field.") from error
+        problem = problem or f"{error.reason} at byte {error.start}"
+    if problem:
+        raise ValueError(f"{path} is not a text file ({problem}): give UTF-8 text with documents separated by blank "
+                         f"lines, or a .jsonl file with a {text_field!r} field.")
+    return text
 
 
 def _read_jsonl(path: Path, text: str, text_field: str) -> list[str]:
