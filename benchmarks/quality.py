@@ -49,7 +49,17 @@ from typing import Any
 
 import torch
 from reporting import write_results
-from subjects import RUN_STATE, SHARED, checkpoint_on_kill, load, parser, plan_name, sst2_as_recorded, strip_adapters
+from subjects import (
+    RUN_STATE,
+    SHARED,
+    checkpoint_on_kill,
+    load,
+    parser,
+    plan_name,
+    sst2_as_recorded,
+    strip_adapters,
+    train_lora_reference,
+)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "quality.json"
@@ -238,30 +248,10 @@ def search_hard(base, tokenizer, objective, row: Row, budget: int, plan: dict, w
 
 
 def train_lora(base, objective, row: Row, budget: int, plan: dict, work: Path) -> dict:
-    """LoRA r=8 on the one loop (`PromptTraining` with no prompt at all), best step by validation accuracy."""
-    from peft import LoraConfig, get_peft_model
-
     from peft_softhard import TrainConfig
-    from peft_softhard.optimization.loop import frozen, optimize
-    from peft_softhard.optimization.training import PromptTraining
 
-    torch.manual_seed(row.seed)
-    model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, lora_dropout=0.0))
-    parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    empty = base.get_input_embeddings().weight[:0].detach()
     config = TrainConfig(**stage_config(plan, "lora", budget, row.seed), lr=plan["lora_lr"])
-
-    def score(prompt: torch.Tensor) -> float:
-        with frozen(model), torch.no_grad():
-            return objective.score(model, prompt)
-
-    state, strategy = optimize(lambda restart: PromptTraining(model, objective, parameters, lambda: empty, config),
-                               objective, config, score, checkpoint_dir=work / "checkpoint",
-                               checkpoint_interval=config.eval_interval, resume=True, description="lora")
-    strategy.load_tensors(state.best.tensors)
-    return {"prompt": empty, "model": model, "validation": state.best.score, "best_step": state.best.step,
-            "steps": state.step, "score_history": state.scores, "search_seconds": state.score_seconds[-1],
-            "seconds": state.seconds, "trainable_parameters": sum(p.numel() for p in parameters.values())}
+    return train_lora_reference(base, objective, config, work, row.seed)
 
 
 def soft_prompt_at(run_dir: Path, budget: int, plan: dict, record: dict | None) -> torch.Tensor:

@@ -101,6 +101,35 @@ def plan_name(args: argparse.Namespace) -> str:
     return "tiny" if args.tiny else "quick" if args.quick else "full"
 
 
+def train_lora_reference(base, objective, config, work: Path, seed: int) -> dict:
+    """LoRA r=8 (peft's default q/v projections) on the frozen model, trained on the one loop (`PromptTraining`
+    with no prompt at all), its best step by the objective's validation score: the reference every prompt
+    benchmark compares with. `config`: a `TrainConfig`; checkpoints in `work`/checkpoint (resumable). Returns
+    the record fields, with the LoRA model (holding the best step's weights) under "model"."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from peft_softhard.optimization.loop import frozen, optimize
+    from peft_softhard.optimization.training import PromptTraining
+
+    torch.manual_seed(seed)
+    model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, lora_dropout=0.0))
+    parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    empty = base.get_input_embeddings().weight[:0].detach()
+
+    def score(prompt: torch.Tensor) -> float:
+        with frozen(model), torch.no_grad():
+            return objective.score(model, prompt)
+
+    state, strategy = optimize(lambda restart: PromptTraining(model, objective, parameters, lambda: empty, config),
+                               objective, config, score, checkpoint_dir=Path(work) / "checkpoint",
+                               checkpoint_interval=config.eval_interval, resume=True, description="lora")
+    strategy.load_tensors(state.best.tensors)
+    return {"prompt": empty, "model": model, "validation": state.best.score, "best_step": state.best.step,
+            "steps": state.step, "score_history": state.scores, "search_seconds": state.score_seconds[-1],
+            "seconds": state.seconds, "trainable_parameters": sum(p.numel() for p in parameters.values())}
+
+
 def strip_adapters(model):
     """The plain base model back from a peft wrapper (prompt methods leave the base model's weights as they were)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -27,6 +27,7 @@ from .files import checkpoint, export_prompt_tuning, kobold  # noqa: E402
 from .method import SoftHardConfig, SoftHardPromptEncoder, nearest_tokens  # noqa: E402
 from .objectives import (  # noqa: E402
     ClassificationObjective,
+    CorpusObjective,
     DistillationObjective,
     Objective,
     SequenceClassificationObjective,
@@ -52,6 +53,7 @@ __all__ = [
     "BASE_ADAPTER",
     "BestHardPromptCallback",
     "ClassificationObjective",
+    "CorpusObjective",
     "DistillationObjective",
     "DiscoveryConfig",
     "DiscoveryResult",

@@ -34,10 +34,10 @@ def tiny_llama(vocab: int = SMALL_VOCAB, initializer_range: float = 0.02) -> tra
     return transformers.LlamaForCausalLM(config)
 
 
-def tiny_gemma3() -> transformers.PreTrainedModel:
+def tiny_gemma3(vocab: int = SMALL_VOCAB) -> transformers.PreTrainedModel:
     """Gemma3 text model: its embedding module multiplies by sqrt(hidden_size)."""
     config = transformers.Gemma3TextConfig(
-        vocab_size=SMALL_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
         num_key_value_heads=1, head_dim=16, max_position_embeddings=128, sliding_window=16,
         bos_token_id=2, eos_token_id=1, pad_token_id=0,
     )

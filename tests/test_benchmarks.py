@@ -33,6 +33,7 @@ RUNS = {
     "settings": ("settings", ["--tiny", "--work-dir", "{tmp}/settings-work"]),
     "pez_reference": ("pez_reference", ["--tiny", "--steps", "4", "--work-dir", "{tmp}/pez-work"]),
     "new_task": ("new_task", ["--tiny", "--work-dir", "{tmp}/new-task-work"]),
+    "style": ("style", ["--tiny", "--work-dir", "{tmp}/style-work"]),
     "demo_settings": ("demo_settings", ["--tiny", "--only", "pez adafactor 0.3 manual", "--work-dir",
                                         "{tmp}/demo-settings-work"]),
 }
@@ -254,3 +255,20 @@ def test_quality_report_keeps_the_comparison_of_a_record_restored_without_predic
     assert set(paired) == {"soft", "discover"}
     assert paired["soft"]["minus_manual"] == 0.0  # both right on 3 of 4 rows
     assert (paired["discover"]["minus_manual"], paired["discover"]["interval_95"]) == (0.123, [0.01, 0.2])
+
+
+@pytest.mark.benchmark_runs("style")
+def test_style_benchmark_tiny_run(benchmark_results):
+    results = results_of(benchmark_results, "style")
+    records = results["records"]
+    rows = {(r["corpus"], r["method"], r["budget"]) for r in records.values()}
+    assert rows == {(c, m, 0) for c in ("reviews", "news") for m in ("none", "instruction")} | {
+        (c, m, b) for c in ("reviews", "news") for m in ("soft10", "soft50", "hard", "lora") for b in (4, 8)}
+    assert all(r["report_perplexity"] > 1 and r["other_corpus_perplexity"] > 1 for r in records.values())
+    none = records["reviews-none-0"]
+    assert none["other_corpus_perplexity"] == records["news-none-0"]["report_perplexity"]  # the same documents
+    longer, short = records["reviews-soft10-8"], records["reviews-soft10-4"]
+    assert (short["steps"], longer["steps"]) == (2, 4) and longer["validation_perplexity"] <= short[
+        "validation_perplexity"]  # the 8-chunk run continues the 4-chunk one: the best of more steps
+    assert set(results["helps_own_corpus_more"]) == {k for k, r in records.items() if r["method"] != "none"}
+    assert set(results["samples"]) == {"no prompt", "reviews soft10", "reviews hard", "news soft10", "news hard"}

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -64,9 +65,12 @@ def _data(args, task, for_training: bool = False):
 
 
 def _check_init(args) -> None:
-    """The `--init` options that are wrong whatever the task and model are (before anything is loaded)."""
+    """The `--init` choices that are wrong whatever the task and model are (before anything is loaded)."""
     from .tasks import check_prompt_init
 
+    if args.corpus and args.init in ("manual", "labels"):
+        raise ValueError(f"--init {args.init} starts from a task's instruction or label words, and a corpus has "
+                         "neither: use --init text --init-text 'Write a movie review:' (or vocab, random).")
     if args.init == "soft" and not getattr(args, "init_adapter", None):
         raise ValueError("--init soft needs --init-adapter: the folder of a trained soft prompt (out/train/n10/best).")
     check_prompt_init(args.init, args.init_text)
@@ -96,6 +100,68 @@ def _load_adapter(args):
     return PeftModel.from_pretrained(base, args.adapter), tokenizer
 
 
+@dataclasses.dataclass
+class _Source:
+    """What `train` and `discover` optimise on: a classification task's rows (`task`, `data`), or the documents
+    of a corpus (`corpus`: a style or domain prompt). Read before the model loads, so bad data fails fast."""
+
+    name: str
+    task: Any = None
+    data: Any = None  # TaskData
+    corpus: Any = None  # CorpusSplits
+    chunk_tokens: int = 0
+
+    @classmethod
+    def from_args(cls, args) -> _Source:
+        if not args.corpus:
+            task = _task(args)
+            return cls(task.name, task=task, data=_data(args, task, for_training=True))
+        from .corpus import read_corpus, split_corpus
+
+        if getattr(args, "task_type", "CAUSAL_LM") != "CAUSAL_LM":
+            raise ValueError("A corpus trains a causal LM's prompt: leave --task-type at CAUSAL_LM.")
+        if args.chunk_tokens < 1:
+            raise ValueError(f"--chunk-tokens must be at least 1 token, got {args.chunk_tokens}.")
+        documents = read_corpus(args.corpus, args.text_field)
+        return cls(args.corpus, corpus=split_corpus(documents, args.validation_share, args.report_share, args.seed),
+                   chunk_tokens=args.chunk_tokens)
+
+    def objective(self, tokenizer, task_type: str = "CAUSAL_LM"):
+        if self.corpus is not None:
+            from .corpus import corpus_objective
+
+            return corpus_objective(self.corpus, tokenizer, self.chunk_tokens)
+        from .tasks import task_objective
+
+        return task_objective(self.task, self.data, tokenizer, task_type)
+
+    @property
+    def measure(self) -> str:
+        """What a score is shown as: accuracy (tasks), perplexity (corpora: the score is minus the mean loss)."""
+        return "perplexity" if self.corpus is not None else "accuracy"
+
+    def shown(self, score: float) -> float:
+        return math.exp(-score) if self.corpus is not None else score
+
+    def report(self, model, objective, prompt: torch.Tensor) -> dict:
+        """The eval rows (a corpus: the report documents), scored once by the chosen prompt."""
+        if self.corpus is None:
+            return evaluate_prompt(model, objective, prompt)
+        from .corpus import corpus_metrics
+
+        return corpus_metrics(model, objective, prompt)
+
+    def splits_line(self) -> str:
+        if self.corpus is not None:
+            corpus = self.corpus
+            return (f"documents: {len(corpus.train)} train, {len(corpus.validation)} validation (they chose the "
+                    f"step), {len(corpus.report)} report (scored once, by the chosen prompt); chunks of at most "
+                    f"{self.chunk_tokens} tokens")
+        data = self.data
+        return (f"rows: {len(data.train[0])} train, {len(data.validation[0])} validation (carved from the train "
+                f"split; they chose the step), {len(data.evaluation[0])} eval (scored once, by the chosen prompt)")
+
+
 def _print(args, payload: Any, text: str) -> None:
     print(json.dumps(payload, indent=2, default=str) if args.json else text)
 
@@ -107,7 +173,6 @@ def cmd_train(args) -> dict:
     from ..method.config import SoftHardConfig
     from ..optimization.training import TrainConfig, train_prompt
     from .plots import plot_accuracy_vs_length, plot_training_curves
-    from .tasks import task_objective
 
     prompts = [SoftHardConfig(task_type=args.task_type, num_virtual_tokens=length, mode=args.mode, metric=args.metric)
                for length in args.num_virtual_tokens]  # checked now; their init once the tokenizer is loaded
@@ -115,36 +180,75 @@ def cmd_train(args) -> dict:
     config = TrainConfig(steps=args.steps, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,
                          eval_interval=args.eval_interval, checkpoint_interval=args.checkpoint_interval,
                          seed=args.seed, max_seconds=args.max_seconds, show_progress=not args.json)
-    task = _task(args)
-    data = _data(args, task, for_training=True)
-    output = Path(args.output_dir)
-    rows, curves, payload, objective = [], {}, {"task": task.name, "runs": []}, None
+    source = _Source.from_args(args)
+    measure, output = source.measure, Path(args.output_dir)
+    rows, curves, payload, objective = [], {}, {"task": source.name, "runs": []}, None
     for prompt in prompts:
         length = prompt.num_virtual_tokens
         base, tokenizer = _model(args, args.task_type)  # a fresh base model per prompt: peft wraps it in place
-        objective = objective or task_objective(task, data, tokenizer, args.task_type)  # the same tokenizer each time
-        prompt = _with_init(prompt, args, task, tokenizer)
+        objective = objective or source.objective(tokenizer, args.task_type)  # the same tokenizer each time
+        prompt = _with_init(prompt, args, source.task, tokenizer)
         torch.manual_seed(args.seed)
         model = get_peft_model(base, prompt)  # the tokenizer for text init comes from the model's folder
         result = train_prompt(model, objective, config, output / f"n{length}", resume=args.resume)
         # the model holds the best prompt (chosen on the validation rows); the eval rows are scored once, now
-        final = evaluate_prompt(base, objective, model.prompt_encoder["default"].prompt_embeddings().detach())
+        final = source.report(base, objective, model.prompt_encoder["default"].prompt_embeddings().detach())
         curves[f"{args.mode}, {length} tokens"] = (result.loss_history, result.score_history)
-        rows.append([length, result.best_score, result.best_step, final["accuracy"], result.steps,
+        rows.append([length, source.shown(result.best_score), result.best_step, final[measure], result.steps,
                      round(result.seconds, 1)])
-        payload["runs"].append({"num_virtual_tokens": length, "validation_accuracy": result.best_score,
+        payload["runs"].append({"num_virtual_tokens": length, f"validation_{measure}": source.shown(result.best_score),
                                 "best_step": result.best_step, "eval": final,
                                 "adapter": str(output / f"n{length}" / "best"),
                                 "score_history": result.score_history, "seconds": result.seconds})
+        _corpus_outputs(args, model, tokenizer, payload["runs"][-1], length, several=len(prompts) > 1)
     payload["plots"] = [str(plot_training_curves(curves, output / "training_curves.png"))]
     if len(args.num_virtual_tokens) > 1:
         points = {args.mode: [(r[0], r[3]) for r in rows]}
-        payload["plots"].append(str(plot_accuracy_vs_length(points, output / "accuracy_vs_length.png")))
-    text = table(["tokens", "validation accuracy (chose the step)", "at step", "eval accuracy", "steps", "seconds"],
-                 rows)
-    _print(args, payload, f"{text}\n{_splits_line(data)}\nbest adapters: {output}/n*/best   plots: "
-                          f"{', '.join(payload['plots'])}")
+        payload["plots"].append(str(plot_accuracy_vs_length(points, output / f"{measure}_vs_length.png")))
+    text = table(["tokens", f"validation {measure} (chose the step)", "at step", f"eval {measure}", "steps",
+                  "seconds"], rows)
+    _print(args, payload, f"{text}\n{source.splits_line()}{_no_prompt_line(payload['runs'][-1]['eval'])}\n"
+                          f"best adapters: {output}/n*/best   plots: {', '.join(payload['plots'])}"
+                          f"{_samples_text(payload['runs'])}")
     return payload
+
+
+def _corpus_outputs(args, model, tokenizer, run: dict, length: int, several: bool = False) -> None:
+    """A corpus run's extras in `run`: the KoboldAI zip (--kobold; `several` lengths: one zip each, named by
+    length) and sample generations with and without the prompt (--sample N)."""
+    if not args.corpus:
+        return
+    if args.kobold:
+        from ..files import export_kobold
+
+        path = Path(args.kobold)
+        if several:
+            path = path.with_name(f"{path.stem}-n{length}{path.suffix}")
+        run["kobold"] = str(export_kobold(model, path, name=Path(args.corpus).stem, description=f"a prompt for the "
+                                          f"style of {args.corpus}, {length} tokens"))
+    if args.sample:
+        from .corpus import sample_generations
+
+        with model.disable_adapter():
+            plain = sample_generations(model, tokenizer, args.sample, seed=args.seed)
+        run["samples"] = {"with_prompt": sample_generations(model, tokenizer, args.sample, seed=args.seed),
+                          "no_prompt": plain}
+
+
+def _no_prompt_line(metrics: dict) -> str:
+    if "no_prompt_perplexity" not in metrics:
+        return ""
+    return (f"\nno prompt: report perplexity {metrics['no_prompt_perplexity']:.2f} "
+            f"({metrics['no_prompt_bits_per_token']:.3f} bits per token; with the prompt {metrics['perplexity']:.2f}, "
+            f"{metrics['bits_per_token']:.3f})")
+
+
+def _samples_text(runs: list[dict]) -> str:
+    lines = []
+    for run in runs:
+        for which, texts in run.get("samples", {}).items():
+            lines += [f"samples, {which.replace('_', ' ')}:", *(f"  {text!r}" for text in texts)]
+    return "".join(f"\n{line}" for line in lines)
 
 
 def cmd_discover(args) -> dict:
@@ -162,57 +266,59 @@ def cmd_discover(args) -> dict:
                              fluency_weight=args.fluency_weight, gcg_top_k=args.top_k, gcg_candidates=args.candidates,
                              buffer_size=args.buffer_size, n_replace=args.n_replace, refine_share=args.refine_share,
                              max_seconds=args.max_seconds, show_progress=not args.json)
-    task = _task(args)
-    data = _data(args, task, for_training=True)
+    if args.corpus and args.distill_from:
+        raise ValueError("--distill-from matches a soft prompt's class distribution on a task's rows; a corpus has "
+                         "no classes: leave it out (the corpus objective is the text's own loss).")
+    source = _Source.from_args(args)
     base, tokenizer = _model(args, "CAUSAL_LM")
-    prompt = _with_init(prompt, args, task, tokenizer)
-    objective, start = _discovery_objective(args, task, data, tokenizer)
-    output = Path(args.output_dir)
+    prompt = _with_init(prompt, args, source.task, tokenizer)
+    objective, start = _discovery_objective(args, source, tokenizer)
+    output, measure = Path(args.output_dir), source.measure
     result = run(base, objective, config, prompt, tokenizer, checkpoint_dir=str(output / "checkpoint"),
                  checkpoint_interval=args.checkpoint_interval, resume=args.resume, init_prompt=start)
-    save_adapter_atomically(result.to_peft_model(base), output / "adapter")
+    model = result.to_peft_model(base)
+    save_adapter_atomically(model, output / "adapter")
     write_text_atomically(output / "prompt.txt", result.text or "")
-    final = evaluate_prompt(base, objective, torch.tensor(result.token_ids))  # the eval rows, scored once
-    payload = {"task": task.name, "method": result.method, "init": args.init, "text": result.text,
-               "token_ids": result.token_ids, "validation_accuracy": result.best_score, "best_step": result.best_step,
-               "start_validation_accuracy": result.score_history[0][1], "eval": final,
+    final = source.report(base, objective, torch.tensor(result.token_ids))  # the eval rows, scored once
+    validation = (source.shown(result.score_history[0][1]), source.shown(result.best_score))
+    payload = {"task": source.name, "method": result.method, "init": args.init, "text": result.text,
+               "token_ids": result.token_ids, f"validation_{measure}": validation[1], "best_step": result.best_step,
+               f"start_validation_{measure}": validation[0], "eval": final,
                "round_trips": result.round_trips, "perplexity": result.perplexity, "seconds": result.seconds,
                "notes": result.notes, "score_history": result.score_history, "adapter": str(output / "adapter")}
+    _corpus_outputs(args, model, tokenizer, payload, args.num_virtual_tokens)
     write_text_atomically(output / "result.json", json.dumps(payload, indent=2))
     payload["plots"] = [str(plot_training_curves({result.method: (result.loss_history, result.score_history)},
                                                  output / "training_curves.png"))]
-    text = table(["method", "prompt", "validation accuracy (start -> chosen)", "at step", "eval accuracy",
+    text = table(["method", "prompt", f"validation {measure} (start -> chosen)", "at step", f"eval {measure}",
                   "round trips", "seconds"],
-                 [[result.method, result.text, f"{result.score_history[0][1]:.4f} -> {result.best_score:.4f}",
-                   result.best_step, final["accuracy"], result.round_trips, round(result.seconds, 1)]])
+                 [[result.method, result.text, f"{validation[0]:.4f} -> {validation[1]:.4f}",
+                   result.best_step, final[measure], result.round_trips, round(result.seconds, 1)]])
     notes = "".join(f"\nnote: {n}" for n in result.notes)
-    _print(args, payload, f"{text}\n{_splits_line(data)}{notes}\nadapter: {output / 'adapter'}")
+    _print(args, payload, f"{text}\n{source.splits_line()}{_no_prompt_line(final)}{notes}\nadapter: "
+                          f"{output / 'adapter'}{_samples_text([payload])}")
     return payload
 
 
-def _discovery_objective(args, task, data, tokenizer):
-    """The task's objective (distilled from a soft prompt with --distill-from), and the vectors a search starts
+def _discovery_objective(args, source: _Source, tokenizer):
+    """The objective (a task's distilled from a soft prompt with --distill-from), and the vectors a search starts
     from (--init soft), or None."""
     from ..files import read_prompt_vectors
     from ..objectives import DistillationObjective
-    from .tasks import task_objective
 
-    objective = task_objective(task, data, tokenizer)
+    objective = source.objective(tokenizer)
     start = read_prompt_vectors(args.init_adapter) if args.init == "soft" else None
     if args.distill_from:
         objective = DistillationObjective(objective, read_prompt_vectors(args.distill_from))
     return objective, start
 
 
-def _splits_line(data) -> str:
-    return (f"rows: {len(data.train[0])} train, {len(data.validation[0])} validation (carved from the train split; "
-            f"they chose the step), {len(data.evaluation[0])} eval (scored once, by the chosen prompt)")
-
-
 def cmd_eval(args) -> dict:
     from ..peft_boundary.adapters import adapter_prompt
     from .tasks import task_objective
 
+    if args.corpus:
+        return _eval_corpus(args)
     task = _task(args)
     if args.manual and not task.manual_template:
         raise ValueError(f"Task {task.name!r} has no manual prompt; give --template or --prompt-text.")
@@ -237,6 +343,39 @@ def cmd_eval(args) -> dict:
     _print(args, payload, table(["evaluated", "accuracy", "macro-F1", "examples", "examples/s"],
                                 [[what, metrics["accuracy"], metrics["macro_f1"], metrics["examples"],
                                   metrics["examples_per_second"]]]))
+    return payload
+
+
+def _eval_corpus(args) -> dict:
+    """Perplexity and bits per token of the corpus' report documents (the ones `train` and `discover` hold out
+    with the same seed and shares) with the adapter or prompt text, and with no prompt."""
+    from ..peft_boundary.adapters import adapter_prompt
+    from .corpus import corpus_metrics, sample_generations
+
+    if args.manual or args.ensemble:
+        raise ValueError("--manual and --ensemble are for tasks; with --corpus give --adapter or --prompt-text (or "
+                         "neither, for no prompt).")
+    source = _Source.from_args(args)
+    if args.adapter:
+        generator, tokenizer = _load_adapter(args)
+        prompt, model = adapter_prompt(generator, "default").detach(), generator.get_base_model()
+        what, prompt_text = f"adapter {args.adapter}", ""
+    else:
+        model, tokenizer = _model(args, "CAUSAL_LM")
+        prompt_text, generator = args.prompt_text or "", model
+        prompt = torch.tensor(tokenizer(prompt_text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        what = f"prompt text {prompt_text!r}" if prompt_text else "no prompt"
+    metrics = corpus_metrics(model, source.objective(tokenizer), prompt)
+    payload = {"corpus": args.corpus, "evaluated": what, **metrics}
+    if args.sample:
+        payload["samples"] = {"with_prompt": sample_generations(generator, tokenizer, args.sample, prompt_text,
+                                                                seed=args.seed),
+                              "no_prompt": sample_generations(model, tokenizer, args.sample, seed=args.seed)}
+    text = table(["evaluated", "perplexity", "bits per token", "report tokens"],
+                 [[what, metrics["perplexity"], metrics["bits_per_token"], metrics["tokens"]],
+                  ["no prompt", metrics["no_prompt_perplexity"], metrics["no_prompt_bits_per_token"],
+                   metrics["tokens"]]])
+    _print(args, payload, f"{text}\n{source.splits_line()}{_samples_text([payload])}")
     return payload
 
 
@@ -351,11 +490,12 @@ def _add_train(commands) -> None:
     train = commands.add_parser("train", help="train a soft (or hard) prompt on a task",
                                 description="Train a SOFTHARD prompt; the best adapter is kept; --resume continues.")
     _add_model_and_task(train)
+    _add_corpus(train, outputs=True)
     train.add_argument("--mode", default="soft", choices=["soft", "hard"], help="default %(default)s")
     train.add_argument("--num-virtual-tokens", type=int, nargs="+", default=[10],
                        help="prompt length; several values train one prompt each and plot score vs length")
     # the task's instruction and TrainConfig's lr: the best on validation rows (benchmarks/settings.py)
-    _add_prompt_init(train, default="manual")
+    _add_prompt_init(train, task_default="manual")
     _add_optimisation(train, lr=TrainConfig.lr, eval_interval=50)
     train.add_argument("--optimizer", default="adamw", choices=["adamw", "adafactor"], help="default %(default)s")
     _add_output(train, "out/train")
@@ -388,12 +528,13 @@ def _add_discover(commands, preset: str | None = None) -> None:
     discover = commands.add_parser("discover", help="discover a hard prompt (PEZ, PEZ + refinement, GCG, ...)",
                                    description="Search for the best prompt of real tokens; --resume continues.")
     _add_model_and_task(discover, task_type=False)
+    _add_corpus(discover, outputs=True)
     discover.add_argument("--preset", choices=list(PRESETS),
                           help="a named setting: pez-reference is the PEZ paper's language-model code (Adafactor "
                                "lr 0.3, 5000 steps of 16, label-word init, 5000 validation rows)")
     discover.add_argument("--method", choices=list(METHODS), help="default %(default)s")
     discover.add_argument("--num-virtual-tokens", type=int, help="default %(default)s")
-    _add_prompt_init(discover, soft=True)
+    _add_prompt_init(discover, task_default=defaults["init"], soft=True)
     _add_optimisation(discover, lr=defaults["lr"], eval_interval=defaults["eval_interval"])
     discover.add_argument("--optimizer", choices=["adamw", "adafactor"], help="default %(default)s")
     discover.add_argument("--weight-decay", type=float, help="default %(default)s")
@@ -414,13 +555,16 @@ def _add_discover(commands, preset: str | None = None) -> None:
     discover.add_argument("--word-start-only", action="store_true", help="only tokens that start a word")
     discover.add_argument("--round-trip-only", action="store_true", help="only tokens that re-encode as themselves")
     _add_output(discover, "out/discover")
-    discover.set_defaults(handler=cmd_discover, **{k: v for k, v in defaults.items() if k != "eval_interval"})
+    # (--init's default depends on what is searched on: `_check_init`)
+    discover.set_defaults(handler=cmd_discover,
+                          **{k: v for k, v in defaults.items() if k not in ("eval_interval", "init")})
 
 
 def _add_eval(commands) -> None:
     evaluate = commands.add_parser("eval", help="score an adapter, a prompt text or the manual prompt on a task",
                                    description="Accuracy and macro-F1 on the task's evaluation split.")
     _add_model_and_task(evaluate, task_type=False)
+    _add_corpus(evaluate)
     which = evaluate.add_mutually_exclusive_group()
     which.add_argument("--adapter", help="a saved SOFTHARD (or exported PROMPT_TUNING) adapter folder")
     which.add_argument("--prompt-text", help="a hard prompt given as text, put before the task's template")
@@ -521,6 +665,25 @@ def _add_model_and_task(parser: argparse.ArgumentParser, task_type: bool = True)
     _add_device(group)
 
 
+def _add_corpus(parser: argparse.ArgumentParser, outputs: bool = False) -> None:
+    group = parser.add_argument_group("corpus: a style or domain prompt, trained on text instead of a task")
+    group.add_argument("--corpus", metavar="FILE",
+                       help="plain text (documents separated by blank lines), .jsonl with a text field, or "
+                            "hub:NAME[:CONFIG][@SPLIT]; the loss is the text's own (language modelling)")
+    group.add_argument("--text-field", default="text", help="the text field of .jsonl / hub rows (default %(default)s)")
+    group.add_argument("--chunk-tokens", type=int, default=128,
+                       help="documents are cut into chunks of at most this many tokens (default %(default)s)")
+    group.add_argument("--validation-share", type=float, default=0.1,
+                       help="share of the documents held out to choose the best step (default %(default)s)")
+    group.add_argument("--report-share", type=float, default=0.1,
+                       help="share of the documents held out and scored once, at the end (default %(default)s); "
+                            "eval --corpus scores the same documents")
+    group.add_argument("--sample", type=int, default=0, metavar="N",
+                       help="print N generations from fixed opening lines, with and without the prompt")
+    if outputs:
+        group.add_argument("--kobold", metavar="ZIP", help="also write the best prompt as a KoboldAI soft-prompt zip")
+
+
 def _add_device(parser: Any) -> None:  # a parser or an argument group
     parser.add_argument("--device", default="auto",
                         help="where the model runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda, "
@@ -544,15 +707,15 @@ def _add_optimisation(parser: argparse.ArgumentParser, lr: float, eval_interval:
                        help="stop after this much training or search time (validation scoring not counted)")
 
 
-def _add_prompt_init(parser: argparse.ArgumentParser, soft: bool = False, default: str = "vocab") -> None:
+def _add_prompt_init(parser: argparse.ArgumentParser, task_default: str, soft: bool = False) -> None:
     from .tasks import PROMPT_INITS
 
     choices = PROMPT_INITS if soft else [init for init in PROMPT_INITS if init != "soft"]
-    parser.add_argument("--init", default=default, choices=choices,
+    parser.add_argument("--init", choices=choices,
                         help="where the prompt starts: vocab (random tokens), random, text (--init-text), manual "
                              "(the task's instruction), labels (the label words repeated)"
                              + (", soft (a trained soft prompt's reading, --init-adapter)" if soft else "")
-                             + " (default %(default)s)")
+                             + f" (default {task_default}; with --corpus, vocab)")
     parser.add_argument("--init-text", help="with --init text: the text the prompt starts from")
     if soft:
         parser.add_argument("--init-adapter", metavar="ADAPTER", help="with --init soft: a trained soft prompt folder")
@@ -577,6 +740,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if getattr(args, "preset", None):  # parse again with the preset's defaults under the explicit options
         args = build_parser(args.preset).parse_args(argv)
+    if getattr(args, "init", "") is None:  # where a prompt starts by default depends on what it is trained for
+        task_default = discover_defaults(args.preset)["init"] if args.command == "discover" else "manual"
+        args.init = "vocab" if args.corpus else task_default  # a corpus has no instruction, no label words
     return args
 
 
