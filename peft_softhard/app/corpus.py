@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..objectives.corpus import CorpusObjective
+from ..objectives.corpus import CorpusObjective, chunk_separator_id
 
 # The opening lines `sample_generations` continues: short and neutral, so that what follows shows the style.
 OPENING_LINES = ("The", "It was", "I think", "Yesterday", "This is")
@@ -143,20 +143,22 @@ def corpus_objective(splits: CorpusSplits, tokenizer: Any, chunk_tokens: int = 1
 
 @torch.no_grad()
 def sample_generations(model: Any, tokenizer: Any, count: int, prompt_text: str = "", max_new_tokens: int = 40,
-                       seed: int = 0) -> list[str]:
+                       seed: int = 0, separator_id: int | None = None) -> list[str]:
     """`count` continuations of `OPENING_LINES` (cycled), sampled with a fixed seed (top-p 0.9, temperature
-    0.8) by `model`: a peft model generates after its prompt, a base model after `prompt_text` (if any)."""
+    0.8) by `model`: a peft model generates after its prompt, a base model after `prompt_text` (if any). As in
+    training, the chunk separator (`CorpusObjective`'s, by default) stands between the prompt and the text."""
+    separator = [chunk_separator_id(tokenizer) if separator_id is None else separator_id]
+    before = tokenizer(prompt_text, add_special_tokens=False)["input_ids"] if prompt_text else []
+    device = next(model.parameters()).device
     texts = []
     for index in range(count):
         opening = OPENING_LINES[index % len(OPENING_LINES)]
-        ids = tokenizer(prompt_text + (" " if prompt_text else "") + opening, return_tensors="pt",
-                        add_special_tokens=False)
-        device = next(model.parameters()).device
+        ids = torch.tensor([before + separator + tokenizer(opening, add_special_tokens=False)["input_ids"]],
+                           device=device)
         torch.manual_seed(seed + index)
-        output = model.generate(**ids.to(device), do_sample=True, top_p=0.9, temperature=0.8,
-                                max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
-        new = output[0, ids["input_ids"].shape[1] :]
-        texts.append(opening + tokenizer.decode(new, skip_special_tokens=True))
+        output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_p=0.9,
+                                temperature=0.8, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+        texts.append(opening + tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True))
     return texts
 
 

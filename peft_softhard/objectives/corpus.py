@@ -38,6 +38,15 @@ CORPUS_SPLITS = ("train", "held_out", "eval")
 CORPUS_EVAL_ROWS = 16
 
 
+def chunk_separator_id(tokenizer) -> int:
+    """The token between the prompt and each chunk by default: the tokenizer's BOS, else its EOS."""
+    separator_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if separator_id is None:
+        raise ValueError("The tokenizer has neither a BOS nor an EOS token: give separator_id, the token that "
+                         "starts every chunk.")
+    return separator_id
+
+
 class CorpusObjective(Objective):
     """Language modelling of a corpus' chunks after the prompt (see the module docstring).
 
@@ -56,13 +65,8 @@ class CorpusObjective(Objective):
         if not isinstance(chunk_tokens, int) or isinstance(chunk_tokens, bool) or chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be at least 1 token, got {chunk_tokens!r}.")
         self.tokenizer, self.chunk_tokens = tokenizer, chunk_tokens
-        if separator_id is None:
-            separator_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        if separator_id is None:
-            raise ValueError("The tokenizer has neither a BOS nor an EOS token: give separator_id, the token that "
-                             "starts every chunk.")
-        self.separator_id = separator_id
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else separator_id
+        self.separator_id = chunk_separator_id(tokenizer) if separator_id is None else separator_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.separator_id
         self.train = self._chunks(documents, "training")
         self.held_out = self._chunks(held_out_documents, "validation") if held_out_documents else None
         self.evaluation = self._chunks(eval_documents, "report") if eval_documents else None
