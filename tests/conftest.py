@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -76,3 +77,13 @@ CLI_RUNS = {
     "train-hard": ["train", "--mode", "hard", "--num-virtual-tokens", "3", "--lr", "0.05"],
     "discover-pez": ["discover", "--method", "pez", "--num-virtual-tokens", "3", "--lr", "0.05"],
 }
+
+
+def softhard(capsys, *argv: str) -> dict:
+    """Run the CLI in-process with --json; returns what it printed, parsed (the command must succeed)."""
+    from peft_softhard.app.cli import main
+
+    code = main([*argv, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)

@@ -13,14 +13,7 @@ import torch
 
 from peft_softhard.app.cli import build_parser, main
 
-from conftest import NEGATIVE, POSITIVE, task_args
-
-
-def softhard(capsys, *argv: str) -> dict:
-    code = main([*argv, "--json"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    return json.loads(out)
+from conftest import NEGATIVE, POSITIVE, softhard, task_args
 
 
 def test_every_command_has_help(capsys):

@@ -17,6 +17,8 @@ from peft_softhard.app.corpus import read_corpus, split_corpus, split_documents
 from peft_softhard.files.kobold import read_kobold
 from peft_softhard.testing import build, tiny_gemma3, tiny_gpt2, tiny_llama
 
+from conftest import softhard
+
 DOCUMENTS = ["the film was a quiet, warm story about two friends.", "a long and dull movie .",
              "great acting, and a score that stays with you for days after the lights come up.", "bad"]
 CAUSAL = {"gpt2": lambda: tiny_gpt2(initializer_range=0.3), "llama": lambda: tiny_llama(50257, 0.3),
@@ -124,13 +126,6 @@ def test_bad_corpora_are_refused_with_the_reason(tmp_path, gpt2_tokenizer):
         split_corpus(["one", "two", "three", "four", "five"], validation_share=0.1, report_share=0.1)
     with pytest.raises(ValueError, match="at least 1 token"):
         CorpusObjective(gpt2_tokenizer, DOCUMENTS, chunk_tokens=0)
-
-
-def softhard(capsys, *argv: str) -> dict:
-    code = main([*argv, "--json"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    return json.loads(out)
 
 
 def corpus_file(tmp_path):

@@ -3,21 +3,12 @@ once; and the warm starts of `--init`."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from peft_softhard.app.cli import main, parse_args
 from peft_softhard.app.tasks import SST2, carve_validation, custom_task, load_task_data, prompt_init
 
-from conftest import task_args
-
-
-def softhard(capsys, *argv: str) -> dict:
-    code = main([*argv, "--json"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    return json.loads(out)
+from conftest import softhard, task_args
 
 
 def test_validation_rows_are_seeded_disjoint_long_enough_and_leave_most_data_to_train():

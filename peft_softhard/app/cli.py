@@ -555,7 +555,7 @@ def _add_discover(commands, preset: str | None = None) -> None:
     discover.add_argument("--word-start-only", action="store_true", help="only tokens that start a word")
     discover.add_argument("--round-trip-only", action="store_true", help="only tokens that re-encode as themselves")
     _add_output(discover, "out/discover")
-    # (--init's default depends on what is searched on: `_check_init`)
+    # (--init's default depends on what is searched on, a task or a corpus: resolved in `parse_args`)
     discover.set_defaults(handler=cmd_discover,
                           **{k: v for k, v in defaults.items() if k not in ("eval_interval", "init")})
 
