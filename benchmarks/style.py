@@ -16,7 +16,7 @@ Budgets are chunks seen, 400 and 1,600; the 1,600 run continues the 400 one. Eve
 the other corpus' report documents (does it help its own corpus more than the other?), and generations from
 fixed opening lines are sampled with no prompt, the 10-token soft prompt and the hard prompt.
 
-    python benchmarks/style.py           # about an hour on 2 cores, resumable (records and checkpoints)
+    python benchmarks/style.py           # about 80 minutes on 2 cores, resumable (records and checkpoints)
     python benchmarks/style.py --tiny    # a tiny random GPT-2 (the test suite's smoke run)
 
 Writes benchmarks/results/style.json and style.md.
