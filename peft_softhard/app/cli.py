@@ -628,7 +628,7 @@ def _add_demo(commands) -> None:
                       help="rows carved from the train split that choose each prompt's step (default %(default)s)")
     demo.add_argument("--eval-rows", type=int, default=300,
                       help="a seeded subset of the dev rows, scored once at the end (default %(default)s)")
-    # 60: the soft prompt benchmarks/demo_settings.py trained before choosing the hard search that starts from it
+    # the demo's budget: benchmarks/demo_settings.py reads it and chose the hard search (and its soft start) at it
     demo.add_argument("--soft-steps", type=int, default=60, help="default %(default)s")
     demo.add_argument("--hard-steps", type=int, default=40, help="default %(default)s")
     demo.add_argument("--batch-size", type=int, default=8, help="default %(default)s")
@@ -721,6 +721,7 @@ def _add_prompt_init(parser: argparse.ArgumentParser, task_default: str, soft: b
     if soft:
         parser.add_argument("--init-adapter", metavar="ADAPTER", help="with --init soft: a trained soft prompt folder")
     parser.add_argument("--metric", default="cosine", choices=["cosine", "dot", "l2"], help="projection metric")
+    parser.set_defaults(task_init=task_default)  # `parse_args` fills in --init: this for a task, vocab for a corpus
 
 
 def _quiet_libraries() -> None:
@@ -742,8 +743,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if getattr(args, "preset", None):  # parse again with the preset's defaults under the explicit options
         args = build_parser(args.preset).parse_args(argv)
     if getattr(args, "init", "") is None:  # where a prompt starts by default depends on what it is trained for
-        task_default = discover_defaults(args.preset)["init"] if args.command == "discover" else "manual"
-        args.init = "vocab" if args.corpus else task_default  # a corpus has no instruction, no label words
+        args.init = "vocab" if args.corpus else args.task_init  # a corpus has no instruction, no label words
     return args
 
 
