@@ -71,8 +71,11 @@ def settings_rows(data, rows: int):
 
 
 def main() -> None:
+    from peft_softhard.app.cli import parse_args
+
+    demo = parse_args(["demo"])  # the demo's own budget: the settings are compared at it
     options = parser(__doc__.split("\n\n")[0], RESULTS, "unused")
-    options.add_argument("--hard-steps", type=int, default=40)
+    options.add_argument("--hard-steps", type=int, default=demo.hard_steps)
     options.add_argument("--only", action="append", default=[],
                          help="only the settings whose name starts with this (repeatable)")
     options.add_argument("--work-dir", help="the searches' checkpoints and adapters (default out/benchmarks/...)")
@@ -85,7 +88,7 @@ def main() -> None:
     small = args.tiny
     if small:  # the adapter the demo saves reads its vocabulary constraints with the model folder's tokenizer
         model.name_or_path = model.config._name_or_path = str(SHARED / "models" / "gpt2-tokenizer")
-    soft_steps, hard_steps, batch = (2, 2, 4) if small else (60, args.hard_steps, 8)
+    soft_steps, hard_steps, batch = (2, 2, 4) if small else (demo.soft_steps, args.hard_steps, demo.batch_size)
     data = load_task_data(SST2, 16 if small else 1000, 8 if small else 300, 0, str(SHARED / "data"),
                           6 if small else 150)
     objective = task_objective(SST2, data, tokenizer, template=SST2.manual_template)
