@@ -13,7 +13,7 @@ import torch
 
 from peft_softhard.app.cli import build_parser, main
 
-from conftest import NEGATIVE, POSITIVE, softhard, task_args
+from conftest import NEGATIVE, POSITIVE, SHARED, softhard, task_args
 
 
 def test_every_command_has_help(capsys):
@@ -56,6 +56,19 @@ def test_train_eval_project_export_import_round(capsys, files, tmp_path):
     assert imported["num_virtual_tokens"] == 2
     again = softhard(capsys, "eval", *model, *task_args(files), "--adapter", str(tmp_path / "imported"))
     assert again["accuracy"] == scored["accuracy"]
+
+
+def test_demo_on_ag_news_uses_its_manual_template_label_words_and_rows(capsys, files, tmp_path):
+    from peft_softhard.app.tasks import AG_NEWS
+
+    report = softhard(capsys, "demo", "--task", "ag_news", "--model", str(files / "tiny-gpt2"), "--train-rows", "12",
+                      "--validation-rows", "6", "--eval-rows", "8", "--soft-steps", "2", "--hard-steps", "2",
+                      "--batch-size", "4", "--data-dir", str(SHARED / "data"), "--output-dir", str(tmp_path / "demo"),
+                      "--device", "cpu")
+    assert (report["task"], report["template"]) == ("ag_news", AG_NEWS.manual_template)
+    assert (report["train_rows"], report["validation_rows"], report["eval_rows"]) == (12, 6, 8)
+    assert report["hard_minus_manual"] == round(report["hard"]["accuracy"] - report["manual"]["accuracy"], 4)
+    assert (tmp_path / "demo" / "hard" / "adapter" / "adapter_config.json").exists()
 
 
 def test_train_resumes_from_its_checkpoint(capsys, files, tmp_path):

@@ -33,6 +33,7 @@ import torch
 from ..distributed import init_from_environment, is_main_process
 from ..files.checkpoint import save_adapter_atomically, write_text_atomically
 from .reporting import evaluate_prompt, table
+from .tasks import BUILT_IN
 
 logger = logging.getLogger("peft_softhard")
 
@@ -617,12 +618,15 @@ def _add_import(commands) -> None:
 
 def _add_demo(commands) -> None:
     demo = commands.add_parser("demo", help="the main job: manual vs soft vs hard prompts on SST-2 (~7 min)",
-                               description="On the embedded default model and SST-2: the manual prompt's accuracy, "
-                                           "a trained soft prompt, a discovered hard prompt, the soft prompt's "
-                                           "reading, and a plot of the training curves. Steps are chosen on "
-                                           "validation rows from the train split; dev rows are scored once.")
+                               description="On the embedded default model and SST-2 (or AG News): the manual "
+                                           "prompt's accuracy, a trained soft prompt, a discovered hard prompt, "
+                                           "the soft prompt's reading, and a plot of the training curves. Steps "
+                                           "are chosen on validation rows from the train split; dev rows are "
+                                           "scored once.")
     demo.add_argument("--model", default=None, help="default smollm2-135m")
-    demo.add_argument("--data-dir", help="folder with sst2/ (default ../shared/data, else the hub)")
+    demo.add_argument("--task", default="sst2", choices=list(BUILT_IN),
+                      help="a built-in task with a manual template (default %(default)s; ag_news takes about 10 min)")
+    demo.add_argument("--data-dir", help="folder with sst2/ or ag_news/ (default ../shared/data, else the hub)")
     demo.add_argument("--train-rows", type=int, default=1000, help="training subset (default %(default)s)")
     demo.add_argument("--validation-rows", type=int, default=150,
                       help="rows carved from the train split that choose each prompt's step (default %(default)s)")
