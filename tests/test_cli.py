@@ -58,7 +58,7 @@ def test_train_eval_project_export_import_round(capsys, files, tmp_path):
     assert again["accuracy"] == scored["accuracy"]
 
 
-def test_demo_on_ag_news_uses_its_manual_template_label_words_and_rows(capsys, files, tmp_path):
+def test_demo_on_ag_news_uses_its_manual_template_and_rows(capsys, files, tmp_path):
     from peft_softhard.app.tasks import AG_NEWS
 
     report = softhard(capsys, "demo", "--task", "ag_news", "--model", str(files / "tiny-gpt2"), "--train-rows", "12",
