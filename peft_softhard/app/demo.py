@@ -78,12 +78,11 @@ def run_demo(args: Any) -> dict:
     plot = plot_training_curves(curves, output / "training_curves.png")
     payload = {
         "model": args.model or DEFAULT_MODEL, "task": task.name, "template": task.manual_template,
-        "train_rows": rows["train"], "validation_rows": rows["validation"],
-        "eval_rows": rows["eval"], **results, "hard_text": hard.text, "hard_token_ids": hard.token_ids,
-        "hard_round_trips": hard.round_trips, "hard_step": hard.best_step, "soft_step": soft.best_step,
-        "hard_minus_manual": round(gain, 4), "hard_minus_manual_95": [round(low, 4), round(high, 4)],
-        "soft_reading": reading.text, "soft_reading_mean_cosine_distance": reading.mean_distance,
-        "plot": str(plot), "seconds": round(time.time() - started, 1),
+        **{f"{split}_rows": count for split, count in rows.items()}, **results, "hard_text": hard.text,
+        "hard_token_ids": hard.token_ids, "hard_round_trips": hard.round_trips, "hard_step": hard.best_step,
+        "soft_step": soft.best_step, "hard_minus_manual": round(gain, 4),
+        "hard_minus_manual_95": [round(low, 4), round(high, 4)], "soft_reading": reading.text, "plot": str(plot),
+        "soft_reading_mean_cosine_distance": reading.mean_distance, "seconds": round(time.time() - started, 1),
         "outputs": {"soft": str(output / "soft" / "best"), "hard": str(output / "hard" / "adapter")},
     }
     write_text_atomically(output / "demo.json", json.dumps(payload, indent=2, default=str))
