@@ -33,7 +33,6 @@ import torch
 from ..distributed import init_from_environment, is_main_process
 from ..files.checkpoint import save_adapter_atomically, write_text_atomically
 from .reporting import evaluate_prompt, table
-from .tasks import BUILT_IN
 
 logger = logging.getLogger("peft_softhard")
 
@@ -617,6 +616,8 @@ def _add_import(commands) -> None:
 
 
 def _add_demo(commands) -> None:
+    from .tasks import BUILT_IN
+
     demo = commands.add_parser("demo", help="the main job: manual vs soft vs hard prompts on SST-2 (~7 min)",
                                description="On the embedded default model and SST-2 (or AG News): the manual "
                                            "prompt's accuracy, a trained soft prompt, a discovered hard prompt, "
