@@ -101,7 +101,7 @@ def main() -> None:
              "settings_rows": judge.score(model, empty)}]
     vectors = None
     if any(setting.init == "soft" or setting.distilled for setting in chosen.values()):
-        soft_model, soft = train_soft(model, tokenizer, objective, work / "soft", soft_steps, batch, 0,
+        soft_model, soft = train_soft(model, tokenizer, objective, work / "soft", soft_steps, batch, 0, task=SST2,
                                       show_progress=False)
         vectors = soft_model.prompt_encoder["default"].prompt_embeddings().detach()
         model = soft_model.get_base_model()
@@ -109,7 +109,7 @@ def main() -> None:
                      "seconds": round(soft.seconds, 1)})
     for name, setting in chosen.items():
         hard = discover_hard(model, tokenizer, objective, work / name.replace(" ", "_"), hard_steps, batch, 0,
-                             vectors, setting, show_progress=False)
+                             vectors, setting, task=SST2, show_progress=False)
         rows.append({"setting": name, "settings_rows": judge.score(model, torch.tensor(hard.token_ids)),
                      "validation": hard.best_score, "start": hard.score_history[0][1],
                      "best_step": hard.best_step, "steps": hard.steps, "text": hard.text,

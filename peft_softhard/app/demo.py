@@ -28,7 +28,7 @@ from ..reading import project_prompt
 from .models import DEFAULT_MODEL, load_model, resolve_device
 from .plots import plot_training_curves
 from .reporting import evaluate_prompt, table
-from .tasks import BUILT_IN, SST2, Task, load_task_data, prompt_init, task_objective
+from .tasks import BUILT_IN, Task, load_task_data, prompt_init, task_objective
 
 
 def run_demo(args: Any) -> dict:
@@ -117,9 +117,9 @@ class HardSearch:
 
 
 def train_soft(model: Any, tokenizer: Any, objective: Any, output: Path, steps: int, batch_size: int, seed: int,
-               show_progress: bool = True, task: Task = SST2) -> tuple[Any, TrainResult]:
-    """The demo's 10-token soft prompt, from `task`'s instruction: (the peft model, holding the best step's
-    prompt, and the training result)."""
+               *, task: Task, show_progress: bool = True) -> tuple[Any, TrainResult]:
+    """The demo's 10-token soft prompt, from `task`'s instruction (the task `objective` scores): (the peft
+    model, holding the best step's prompt, and the training result)."""
     from peft import get_peft_model
 
     prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=10, mode="soft",
@@ -133,10 +133,11 @@ def train_soft(model: Any, tokenizer: Any, objective: Any, output: Path, steps: 
 
 
 def discover_hard(model: Any, tokenizer: Any, objective: Any, output: Path, steps: int, batch_size: int, seed: int,
-                  soft_vectors: torch.Tensor | None = None, settings: HardSearch | None = None,
-                  show_progress: bool = True, task: Task = SST2) -> DiscoveryResult:
-    """The demo's hard prompt: `settings.search` from `settings.init`, on the labels or (`settings.distilled`)
-    on the answers of the soft prompt `soft_vectors` [10, d]; its adapter is saved under `output`/adapter."""
+                  soft_vectors: torch.Tensor | None = None, settings: HardSearch | None = None, *, task: Task,
+                  show_progress: bool = True) -> DiscoveryResult:
+    """The demo's hard prompt for `task` (the one `objective` scores): `settings.search` from `settings.init`,
+    on the labels or (`settings.distilled`) on the answers of the soft prompt `soft_vectors` [10, d]; its
+    adapter is saved under `output`/adapter."""
     settings = settings or HardSearch()
     if (settings.init == "soft" or settings.distilled) and soft_vectors is None:
         raise ValueError("This hard-prompt setting starts from or distils the soft prompt: pass soft_vectors.")
