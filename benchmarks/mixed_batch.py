@@ -24,6 +24,7 @@ benchmarks/results/mixed_batch.json and a markdown table next to it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import statistics
 import sys
@@ -176,10 +177,12 @@ def train_members(base, tokenizer, plan: dict, work: Path, tiny: bool) -> dict[s
         prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, mode="hard", init="vocab",
                                 word_start_only=not tiny, round_trip_only=not tiny)
         steps = plan["hard_steps"]
-        result = run(base, objective, DiscoveryConfig(method="pez", steps=steps, lr=0.03, batch_size=8,
-                                                      eval_interval=max(1, steps // 2), seed=0), prompt, tokenizer,
-                     checkpoint_dir=str(work / "pez" / "checkpoint"), resume=True)
-        save_adapter_atomically(result.to_peft_model(base), folder)
+        search = DiscoveryConfig(stages=["tokens"], placement="prefix", method="pez", steps=steps, lr=0.03,
+                                 batch_size=8, eval_interval=max(1, steps // 2), seed=0)
+        result = run(base, objective, search, prompt, tokenizer, checkpoint_dir=str(work / "pez" / "checkpoint"),
+                     resume=True)
+        found = result.stages[0].prompt["token_ids"]  # the search's best tokens, even where the template alone won
+        save_adapter_atomically(dataclasses.replace(result, token_ids=found).to_peft_model(base), folder)
         base = strip_adapters(base)
     members["pez"] = folder
     return members

@@ -39,9 +39,11 @@ LABEL_WORDS = [" world", " sports", " business", " science"]
 AIM = {"discover_seconds": 900, "discover_minus_zero_shot": 0.15, "train_minus_discover": 0.10}
 PLANS = {
     # "task": options of every command; "command": of discover and train (the full plan: their defaults)
-    "full": {"train_rows": 5000, "test_rows": 1000, "task": [], "command": []},
+    "full": {"train_rows": 5000, "test_rows": 1000, "task": [], "command": [], "discover": []},
     "tiny": {"train_rows": 60, "test_rows": 16, "task": ["--validation-rows", "8"],
-             "command": ["--steps", "3", "--batch-size", "4", "--eval-interval", "3", "--num-virtual-tokens", "2"]},
+             "command": ["--steps", "3", "--batch-size", "4", "--eval-interval", "3", "--num-virtual-tokens", "2"],
+             "discover": ["--label-steps", "1", "--edit-steps", "1", "--pool-size", "4", "--race-steps", "1",
+                          "--edit-candidates", "2"]},
 }
 
 logger = logging.getLogger("new_task")
@@ -116,11 +118,13 @@ def main() -> None:
         return {"accuracy": out["accuracy"], "wall_seconds": seconds}
 
     def discover() -> dict:
-        out, seconds = softhard(["discover", *task, *plan["command"], "--output-dir", str(work / "discover")])
+        out, seconds = softhard(["discover", *task, *plan["command"], *plan["discover"], "--output-dir",
+                                 str(work / "discover")])
         return {"accuracy": out["eval"]["accuracy"], "validation": out["validation_accuracy"],
                 "start_validation": out["start_validation_accuracy"], "best_step": out["best_step"],
-                "text": out["text"], "search_seconds": out["seconds"], "test_scoring_seconds": out["eval"]["seconds"],
-                "wall_seconds": seconds}
+                "text": out["text"], "prompt": out.get("prompt"), "label_words": out.get("label_words"),
+                "stages": out["stages"], "search_seconds": out["seconds"],
+                "test_scoring_seconds": out["eval"]["seconds"], "wall_seconds": seconds}
 
     zero = cached(records / "zero_shot.json", zero_shot)
     found = cached(records / "discover.json", discover)

@@ -66,13 +66,21 @@ RESULTS = HERE / "results" / "quality.json"
 IMAGES = HERE.parent / "docs" / "images"
 LABELS = {
     "template": "task template alone (zero-shot)", "manual": "manual template alone (zero-shot)",
-    "soft": "soft prompt (train defaults)", "discover": "hard: discover defaults (PEZ, Adafactor)",
+    "soft": "soft prompt (train defaults)", "whole": "hard: discover default (the whole prompt)",
+    "labels": "hard: label words only", "grow": "hard: tokens grown at the end only",
+    "edits": "hard: template edits only", "discover": "hard: PEZ in front (discover's default until 0.1)",
     "pez_reference": "hard: PEZ reference preset", "gcg": "hard: GCG, discover's wall time",
     "lora": "LoRA r=8 (reference)",
     "refine": "hard: discover + exact refinement (twice discover's time)",
     "distill": "hard: distilled from the soft prompt (KL; soft's examples too)",
 }
-HARD = ("discover", "pez_reference", "gcg", "refine", "distill")
+# the whole-prompt rows: discover's default pipeline, and each of its search spaces alone (`DiscoveryConfig.stages`)
+WHOLE = {"whole": ["label_words", "tokens", "template_edits"], "labels": ["label_words"], "grow": ["tokens"],
+         "edits": ["template_edits"]}
+HARD = ("discover", "pez_reference", "gcg", "refine", "distill", *WHOLE)
+# discover's default until 0.1: PEZ in front of the template, Adafactor 0.3, from the task's instruction
+PEZ_IN_FRONT = {"stages": ["tokens"], "placement": "prefix", "method": "pez", "lr": 0.3, "optimizer": "adafactor",
+                "weight_decay": 0.0}
 GCG = {"method": "gcg", "gcg_candidates": 32, "gcg_top_k": 64, "buffer_size": 4, "n_replace": 1}
 REFINE = {"method": "gcg", "gcg_candidates": 32, "gcg_top_k": 64, "buffer_size": 4, "n_replace": 2}
 PLANS = {
@@ -84,15 +92,18 @@ PLANS = {
              # inflated by other jobs) and soft seed 2's run ends at 3,200 (seed 1's went on to 12,800)
              "extra": [("sst2", "refine", 1, 800), ("sst2", "refine", 1, 3200), ("sst2", "refine", 2, 3200),
                        ("sst2", "distill", 2, 3200), ("ag_news", "refine", 0, 800), ("ag_news", "refine", 0, 3200),
-                       ("ag_news", "distill", 0, 3200)]},
+                       ("ag_news", "distill", 0, 3200)],
+             "whole_eval_every": 8, "whole": {}},
     "quick": {"batch": 8, "length": 10, "validation_rows": 100, "max_train": 800, "budgets": [160],
               "long_budget": 320, "seeds": [0], "eval_rows": {"sst2": 200, "ag_news": 200},
               "eval_every": {160: 10, 320: 20}, "gcg_eval_every": 2, "lora_lr": 1e-3,
-              "extra": [("sst2", "refine", 0, 160), ("sst2", "distill", 0, 320)]},
+              "extra": [("sst2", "refine", 0, 160), ("sst2", "distill", 0, 320)], "whole_eval_every": 4,
+              "whole": {}},
     "tiny": {"batch": 4, "length": 3, "validation_rows": 6, "max_train": 24, "budgets": [8, 16], "long_budget": 24,
              "seeds": [0, 1], "eval_rows": {"sst2": 16, "ag_news": 16}, "eval_every": {8: 1, 16: 2, 24: 2},
              "gcg_eval_every": 1, "lora_lr": 1e-3, "gcg": {"gcg_candidates": 4, "gcg_top_k": 4},
-             "extra": [("sst2", "refine", 0, 16), ("sst2", "distill", 0, 16)],
+             "extra": [("sst2", "refine", 0, 16), ("sst2", "distill", 0, 16)], "whole_eval_every": 1,
+             "whole": {"pool_size": 4, "race_steps": 1, "edit_candidates": 2, "gcg_candidates": 4},
              "whole_words": False},  # the tiny model's vocabulary is mostly not whole words
 }
 
@@ -129,6 +140,12 @@ def plan_stages(plan: dict) -> list[tuple[Row, int]]:
     long_seed = (others or [first])[0]
     stages += [(Row("sst2", m, long_seed), plan["long_budget"]) for m in ("soft", "discover")]
     stages += [(Row(task, method, seed), budget) for task, method, seed, budget in plan.get("extra", [])]
+    # the whole-prompt searches (issue 30): discover's default first, on both tasks, then its seeds, then each
+    # search space alone
+    stages += [(Row(task, "whole", first), budget) for task in ("sst2", "ag_news") for budget in budgets]
+    stages += [(Row("sst2", "whole", seed), budgets[-1]) for seed in others]
+    stages += [(Row(task, method, first), budget) for method in ("labels", "grow", "edits")
+               for task in ("sst2", "ag_news") for budget in budgets]
     return stages
 
 
@@ -138,8 +155,9 @@ def record_name(row: Row, budget: int) -> str:
 
 def run_name(row: Row, budget: int) -> str:
     """The run (folder) a stage continues: one per row, whose budgets follow each other, but refine starts
-    afresh at each budget (from discover's prompt at that budget)."""
-    return record_name(row, budget) if row.method == "refine" else row.name
+    afresh at each budget (from discover's prompt at that budget), and so do the whole-prompt searches (a
+    pipeline's stages share its budget)."""
+    return record_name(row, budget) if row.method == "refine" or row.method in WHOLE else row.name
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -217,19 +235,21 @@ def search_hard(base, tokenizer, objective, row: Row, budget: int, plan: dict, w
     """`start`: where refine starts ({"token_ids": discover's prompt}) or whom distill imitates ({"vectors": the
     soft prompt}, also its start)."""
     from peft_softhard import DiscoveryConfig, DistillationObjective, SoftHardConfig, run
-    from peft_softhard.app.cli import DISCOVER_DEFAULTS, discover_defaults
+    from peft_softhard.app.cli import discover_defaults
     from peft_softhard.app.tasks import prompt_init
 
+    if row.method in WHOLE:
+        return search_whole(base, tokenizer, objective, row, budget, plan, work)
     settings = stage_config(plan, row.method, budget, row.seed)
     if row.method == "pez_reference":
         config = DiscoveryConfig.from_preset("pez-reference", **settings)
         init = discover_defaults("pez-reference")["init"]  # the reference's own init, as `--preset` sets it
     else:
-        search = {k: DISCOVER_DEFAULTS[k] for k in ("method", "lr", "optimizer", "weight_decay")}
+        search = dict(PEZ_IN_FRONT)
         if row.method in ("gcg", "refine"):  # as many steps as fit in the given wall time
             search.update(GCG if row.method == "gcg" else REFINE, **plan.get("gcg", {}))
             settings.update(steps=1_000_000, max_seconds=max_seconds)
-        config, init = DiscoveryConfig(**search, **settings), DISCOVER_DEFAULTS["init"]
+        config, init = DiscoveryConfig(**search, **settings), "manual"
     init_fields = prompt_init(task_of(row.task), init, tokenizer, plan["length"])
     init_prompt = None
     if row.method == "refine":
@@ -241,10 +261,36 @@ def search_hard(base, tokenizer, objective, row: Row, budget: int, plan: dict, w
                             word_start_only=whole_words, round_trip_only=whole_words, **init_fields)
     result = run(base, objective, config, prompt, tokenizer, checkpoint_dir=str(work / "checkpoint"),
                  checkpoint_interval=settings["eval_interval"], resume=True, init_prompt=init_prompt)
-    return {"prompt": torch.tensor(result.token_ids), "token_ids": result.token_ids, "text": result.text,
+    return {"prompt": torch.tensor(result.token_ids, dtype=torch.long), "token_ids": result.token_ids,
+            "text": result.text,
             "round_trips": result.round_trips, "perplexity": result.perplexity, "validation": result.best_score,
             "best_step": result.best_step, "steps": result.steps, "score_history": result.score_history,
             "search_seconds": result.score_seconds[-1], "seconds": result.seconds}
+
+
+def search_whole(base, tokenizer, objective, row: Row, budget: int, plan: dict, work: Path) -> dict:
+    """discover's default search (or one of its search spaces) from the manual template, its `budget` examples
+    shared by its stages as the default's steps are (label words and edits a fifth each, tokens the rest)."""
+    from peft_softhard import DiscoveryConfig, run
+
+    steps, stages = budget // plan["batch"], WHOLE[row.method]
+    share = {"label_words": max(1, steps // 5), "template_edits": max(1, steps // 5)}
+    share["tokens"] = steps - sum(share[s] for s in stages if s != "tokens") if "tokens" in stages else 0
+    if len(stages) == 1:
+        share[stages[0]] = steps
+    config = DiscoveryConfig(stages=stages, steps=max(1, share["tokens"]), label_steps=share["label_words"],
+                             edit_steps=share["template_edits"], batch_size=plan["batch"],
+                             eval_interval=plan["whole_eval_every"], seed=row.seed, show_progress=False,
+                             whole_words=plan.get("whole_words", True), **plan["whole"])
+    result = run(base, objective, config, tokenizer=tokenizer, checkpoint_dir=str(work / "checkpoint"), resume=True)
+    found = result.whole_prompt
+    scoring, prompt = objective.for_prompt(found)
+    return {"prompt": prompt, "scoring": scoring, "token_ids": result.token_ids, "text": found.filled(tokenizer),
+            "template": found.template, "label_words": found.label_words, "round_trips": result.round_trips,
+            "perplexity": result.perplexity, "validation": result.best_score, "start_validation": result.start_score,
+            "stages": [dataclasses.asdict(stage) for stage in result.stages], "best_step": result.best_step,
+            "steps": result.steps, "score_history": result.score_history,
+            "search_seconds": result.score_seconds[-1] if result.score_seconds else 0.0, "seconds": result.seconds}
 
 
 def train_lora(base, objective, row: Row, budget: int, plan: dict, work: Path) -> dict:
@@ -307,9 +353,9 @@ def run_stage(row: Row, budget: int, base, tokenizer, objectives: Objectives, pl
             out["steps"] += before["steps"]
             out["search_seconds"] += before["search_seconds"]
             out["seconds"] += before["seconds"]
-    model = out.pop("model", base)
+    model, scoring = out.pop("model", base), out.pop("scoring", objective)  # (a whole prompt: its own template)
     started = time.time()
-    scored = evaluate_prompt(model, objective, out.pop("prompt"), return_predictions=True)
+    scored = evaluate_prompt(model, scoring, out.pop("prompt"), return_predictions=True)
     record = {**dataclasses.asdict(row), "budget": budget, "run": run_name(row, budget),
               "examples_seen": out["steps"] * plan["batch"], **out,
               "eval": round(scored["accuracy"], 4), "eval_macro_f1": round(scored["macro_f1"], 4),
@@ -319,9 +365,23 @@ def run_stage(row: Row, budget: int, base, tokenizer, objectives: Objectives, pl
         model.unload()  # LoRA wraps the base model's layers: take the wrappers out again
     if row.method in HARD and row.task == "sst2" and row.seed == plan["seeds"][0]:
         other = objectives.get(row.task, "manual" if template == "task" else "task")
-        as_text = tokenizer(out["text"], add_special_tokens=False)["input_ids"]  # the prompt as a user would paste it
-        record["transfer"] = round(evaluate_prompt(base, other, torch.tensor(as_text, dtype=torch.long))["accuracy"], 4)
+        record["transfer"] = round(evaluate_prompt(base, *transferred(other, record, tokenizer))["accuracy"], 4)
     return record
+
+
+def transferred(other, record: dict, tokenizer) -> tuple[Any, torch.Tensor]:
+    """(objective, prompt): a discovered prompt as text with the other template. Tokens in front: their text in
+    front of it; a whole prompt: its tokens' text at the same place in it, read for the same label words."""
+    from peft_softhard.objectives.templates import WholePrompt, place_slot
+
+    if "template" not in record:  # the prompt as a user would paste it, in front
+        as_text = tokenizer(record["text"], add_special_tokens=False)["input_ids"]
+        return other, torch.tensor(as_text, dtype=torch.long)
+    template = record["template"]
+    placement = "end" if template.endswith("{prompt}") else "prefix" if template.startswith("{prompt}") else (
+        "after_text" if "{text}{prompt}" in template else "before_answer_cue")
+    found = WholePrompt(place_slot(other.template, placement), record["label_words"], record["token_ids"])
+    return other.for_prompt(found)
 
 
 def add_missing_predictions(records: dict, base, objectives: Objectives, work: Path) -> None:

@@ -94,8 +94,8 @@ def run_hard(base, tokenizer, objective, plan: dict, settings: dict, work: Path)
     if search["method"] == "pez_refine":  # the refinement's steps score many candidates each: fewer of them
         steps = plan["steps"] + plan["refine_steps"]
         search["refine_share"] = plan["refine_steps"] / steps
-    config = DiscoveryConfig(steps=steps, batch_size=plan["batch"], eval_interval=plan["eval_every"],
-                             show_progress=False, **search)
+    config = DiscoveryConfig(stages=["tokens"], placement="prefix", steps=steps, batch_size=plan["batch"],
+                             eval_interval=plan["eval_every"], show_progress=False, **search)  # tokens in front
     prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=plan["length"], mode="hard",
                             word_start_only=True, round_trip_only=True,
                             **prompt_init(SST2, settings["init"], tokenizer, plan["length"]))
@@ -135,7 +135,7 @@ def main() -> None:
         runner = run_soft if kind == "soft" else run_hard
         record = runner(base, tokenizer, objective, plan, settings, work / "runs" / row.replace(" ", "_"))
         prompt = record.pop("vectors", None)
-        prompt = prompt if prompt is not None else torch.tensor(record["token_ids"])
+        prompt = prompt if prompt is not None else torch.tensor(record["token_ids"], dtype=torch.long)
         record.update(row=row, kind=kind, settings=settings, eval=evaluate_prompt(base, objective, prompt)["accuracy"])
         record_file.write_text(json.dumps(record))
         logger.info("%s: validation %.4f (step %d), eval %.4f", row, record["validation"], record["best_step"],

@@ -92,13 +92,15 @@ def objectives(tokenizer, plan: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ rows
+PEZ = {"stages": ["tokens"], "method": "pez", "lr": 0.3, "optimizer": "adafactor", "weight_decay": 0.0}
+
+
 def train_row(base, tokenizer, objective, method: str, corpus: str, budget: int, plan: dict, work: Path) -> dict:
     """Run (or continue) one trained row up to `budget` chunks; returns its record fields, with "prompt" (what
     goes before the text, for scoring) and "model" (the model to score with)."""
     from peft import get_peft_model
 
     from peft_softhard import DiscoveryConfig, SoftHardConfig, TrainConfig, run, train_prompt
-    from peft_softhard.app.cli import DISCOVER_DEFAULTS
     from peft_softhard.files.checkpoint import save_adapter_atomically
 
     steps, every = budget // plan["batch"], plan["eval_every"][budget]
@@ -110,15 +112,16 @@ def train_row(base, tokenizer, objective, method: str, corpus: str, budget: int,
     filled = (instruction * math.ceil(length / len(instruction)))[:length]  # repeated to fill a longer prompt
     start = {"init": "token_ids", "init_token_ids": filled}
     if method == "hard":
-        search = {k: DISCOVER_DEFAULTS[k] for k in ("method", "lr", "optimizer", "weight_decay")}
+        search = PEZ  # the search these rows were measured with (discover's corpus default: PEZ in front)
         whole_words = plan.get("whole_words", True)
         prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=length, mode="hard",
                                 word_start_only=whole_words, round_trip_only=whole_words, **start)
         result = run(base, objective, DiscoveryConfig(**search, **settings), prompt, tokenizer,
                      checkpoint_dir=str(work / "checkpoint"), checkpoint_interval=every, resume=True)
         save_adapter_atomically(result.to_peft_model(base), work / "best")  # for the samples
-        return {"prompt": torch.tensor(result.token_ids), "text": result.text, "validation": result.best_score,
-                "best_step": result.best_step, "steps": result.steps, "seconds": result.seconds}
+        return {"prompt": torch.tensor(result.token_ids, dtype=torch.long), "text": result.text,
+                "validation": result.best_score, "best_step": result.best_step, "steps": result.steps,
+                "seconds": result.seconds}
     torch.manual_seed(0)
     model = get_peft_model(base, SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=length, mode="soft",
                                                 **start))

@@ -32,6 +32,7 @@ from .objectives import (  # noqa: E402
     Objective,
     SequenceClassificationObjective,
     TargetTextObjective,
+    WholePrompt,
 )
 from .optimization import discovery, training  # noqa: E402
 from .optimization.discovery import DiscoveryConfig, DiscoveryResult, run  # noqa: E402
@@ -67,6 +68,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "WaywardnessReport",
+    "WholePrompt",
     "evaluate_prompt",
     "export_prompt_tuning",
     "get_task",

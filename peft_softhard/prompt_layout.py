@@ -1,18 +1,24 @@
 """Where prompt vectors go relative to a batch's input: the layout of prompted rows, their masks and positions.
 
-Every path that puts a prompt before an input uses this module: the peft forward and `generate()`
+Every path that puts a prompt into an input uses this module: the peft forward and `generate()`
 (`peft_boundary.prompted_calls`), mixed batches (a different prompt per row) and every objective. It knows
 nothing of peft: rows in, rows out.
 
 The layout, for prompts of any lengths:
-- a row is [its prompt; its input]; the columns it does not use are padding, masked out, and its positions
-  are counted over its real tokens only (`position_ids()`), so padding moves nothing;
+- a row is its input with its prompt inserted after the row's first `offset` real tokens (`insert_prompts`;
+  offset 0, the default, puts it in front: `prepend_prompts`; a template's `{prompt}` slot gives another);
+  the columns it does not use are padding, masked out, and its positions are counted over its real tokens
+  only (`position_ids()`), so padding moves nothing;
 - decoders (causal attention) put that padding on the left, so each row ends in the last column, where
   generation continues and where a decoder's classification head reads; encoders put it on the right, so
   each row starts in the first column, where BERT-style heads read;
 - token-level outputs come back in one "user layout": the last L columns are the L input columns as given,
   the P = longest prompt columns before them hold each row's prompt, right-aligned. Values in padding
-  columns are unspecified.
+  columns are unspecified. `predecessor_columns` says where the output predicting an input token is (the
+  column of the real token before it: a prompt's last token when the prompt sits right before it);
+- a decoder's rows can also be run in two parts (`positions_after_heads`): the tokens before the prompt
+  ("heads", left-padded) once, their keys/values kept, then the prompt and the rest ("tails", right-padded)
+  for as many prompts as wanted: what exact candidate scoring at a slot pays for is the tail.
 
 Example:
     ```py
@@ -34,11 +40,12 @@ import torch
 
 @dataclass
 class PromptedBatch:
-    """Prompts placed before each row's real input tokens; see the module docstring for the layout.
+    """Prompts placed in each row's real input tokens; see the module docstring for the layout.
 
-    Internally a row is [its prompt; its input] (its real tokens only, or with the caller's padding kept and
-    masked), padded to the longest such row on the left or the right. The layout callers see ("user layout")
-    is [P prompt columns; the L input columns as given]: `user_columns` maps one to the other.
+    Internally a row is [its input's first `offset` tokens; its prompt; the rest of its input] (its real tokens
+    only, or with the caller's padding kept and masked), padded to the longest such row on the left or the
+    right. The layout callers see ("user layout") is [P prompt columns; the L input columns as given]:
+    `user_columns` maps one to the other.
     """
 
     inputs_embeds: torch.Tensor  # [B, W, d]
@@ -76,6 +83,16 @@ class PromptedBatch:
             return columns
         return self._internal_columns().gather(1, columns.cpu()[:, None])[:, 0].clamp_min(0)
 
+    def predecessor_columns(self, positions: torch.Tensor) -> torch.Tensor:
+        """[B, ...] the internal column whose output predicts each row's input token at `positions` [B, ...]
+        (input columns, 0..L-1): the row's real column just before that token (-1 where there is none: a
+        row's first token with no prompt before it)."""
+        user = self.prompt_width + positions.cpu()
+        internal = self._internal_columns().gather(1, user.reshape(user.shape[0], -1)).view_as(user)
+        real = torch.where(self.attention_mask.bool().cpu(), torch.arange(self.attention_mask.shape[1]), -1)
+        last_real = torch.cat([real.new_full((real.shape[0], 1), -1), real.cummax(1).values], 1)  # before col c
+        return last_real.gather(1, internal.clamp_min(0).reshape(internal.shape[0], -1)).view_as(internal)
+
     def _internal_columns(self) -> torch.Tensor:
         """[B, P + L] the internal column of each user-layout column (-1 where none)."""
         width = self.prompt_width + self.input_width
@@ -99,31 +116,54 @@ def prepend_prompts(
     padding_left: bool = False,
     compact: bool = True,
 ) -> PromptedBatch:
-    """Put prompts before inputs [B, L, d]: one prompt [n, d] for every row, [B, n, d], or one per row (any
-    lengths, an empty [0, d] for none). With `compact`, padding in `attention_mask` (either side) is dropped
-    from the rows; without it the rows keep it (masked), which is exact only with `position_ids()`."""
+    """Put prompts before inputs: `insert_prompts` at offset 0."""
+    return insert_prompts(prompts, inputs_embeds, attention_mask, None, padding_left, compact)
+
+
+def insert_prompts(
+    prompts: torch.Tensor | Sequence[torch.Tensor],
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    offsets: torch.Tensor | Sequence[int] | None = None,
+    padding_left: bool = False,
+    compact: bool = True,
+) -> PromptedBatch:
+    """Put prompts into inputs [B, L, d]: one prompt [n, d] for every row, [B, n, d], or one per row (any
+    lengths, an empty [0, d] for none), each after its row's first `offsets[b]` real tokens (None: 0, in
+    front). With `compact`, padding in `attention_mask` (either side) is dropped from the rows; without it the
+    rows keep it (masked), which is exact only with `position_ids()`."""
     batch, length, _ = inputs_embeds.shape
     device, dtype = inputs_embeds.device, inputs_embeds.dtype
     if attention_mask is None:
         attention_mask = torch.ones(batch, length, dtype=torch.long, device=device)
+    offsets = None if offsets is None else torch.as_tensor(offsets, dtype=torch.long).cpu()
+    in_front = offsets is None or not bool(offsets.any())
     if isinstance(prompts, torch.Tensor):
         prompts = prompts.expand(batch, -1, -1) if prompts.dim() == 2 else prompts
-        # One prompt length: a concatenation is the layout wherever padding may stay where it is, or where there
-        # is none to move (no padding, or right padding kept on the right).
+        # One prompt length in front: a concatenation is the layout wherever padding may stay where it is, or
+        # where there is none to move (no padding, or right padding kept on the right).
         right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
-        if not compact or (right_padded and (not padding_left or bool(attention_mask.all()))):
+        if in_front and (not compact or (right_padded and (not padding_left or bool(attention_mask.all())))):
             return _concatenate(prompts, inputs_embeds, attention_mask)
         prompts = list(prompts)
     if len(prompts) != batch:
         raise ValueError(f"Got {len(prompts)} prompts for a batch of {batch} rows; give one per row.")
+    if offsets is None:
+        offsets = torch.zeros(batch, dtype=torch.long)
+    real_counts = attention_mask.sum(1).cpu()
+    if offsets.shape != (batch,) or bool((offsets < 0).any()) or bool((offsets > real_counts).any()):
+        raise ValueError(f"Prompt offsets {offsets.tolist()} do not fit rows of {real_counts.tolist()} real tokens: "
+                         "give one offset per row, from 0 (in front) to the row's length (at its end).")
     width = max((p.shape[0] for p in prompts), default=0)
     contents, columns, masks = [], [], []
-    for prompt, embeds, mask in zip(prompts, inputs_embeds, attention_mask, strict=True):
+    for prompt, embeds, mask, offset in zip(prompts, inputs_embeds, attention_mask, offsets.tolist(), strict=True):
         keep = mask.bool() if compact else torch.ones_like(mask, dtype=torch.bool)
-        contents.append(torch.cat([prompt.to(device=device, dtype=dtype), embeds[keep]]))
-        columns.append(torch.cat([torch.arange(width - prompt.shape[0], width, device=device),
-                                  width + keep.nonzero().flatten()]))
-        masks.append(torch.cat([mask.new_ones(prompt.shape[0]), mask[keep]]))
+        kept, kept_mask, kept_columns = embeds[keep], mask[keep], width + keep.nonzero().flatten()
+        split = int((kept_mask.cumsum(0) <= offset).sum()) if offset else 0  # after the offset-th real token
+        prompt_columns = torch.arange(width - prompt.shape[0], width, device=device)
+        contents.append(torch.cat([kept[:split], prompt.to(device=device, dtype=dtype), kept[split:]]))
+        columns.append(torch.cat([kept_columns[:split], prompt_columns, kept_columns[split:]]))
+        masks.append(torch.cat([kept_mask[:split], mask.new_ones(prompt.shape[0]), kept_mask[split:]]))
     total = max((c.shape[0] for c in contents), default=0)
     rows, row_masks, user_columns = [], [], []
     for content, column, mask in zip(contents, columns, masks, strict=True):
@@ -151,10 +191,16 @@ def _concatenate(prompts: torch.Tensor, inputs_embeds: torch.Tensor, mask: torch
 def positions_after_prefix(prefix_length: int, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The mask [R, n + L] and positions [R, L] of right-padded rows [R, L] that follow a prefix of n positions
     already run (a cached prompt): token t of a row sits at position n + t."""
-    count, length = attention_mask.shape
-    ones = torch.ones(count, prefix_length, dtype=attention_mask.dtype, device=attention_mask.device)
-    positions = (prefix_length + torch.arange(length, device=attention_mask.device)).expand(count, -1)
-    return torch.cat([ones, attention_mask], 1), positions
+    heads = torch.ones(attention_mask.shape[0], prefix_length, dtype=attention_mask.dtype, device=attention_mask.device)
+    return positions_after_heads(heads, attention_mask)
+
+
+def positions_after_heads(head_mask: torch.Tensor, tail_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mask [R, H + T] and positions [R, T] of right-padded tails [R, T] that follow heads [R, H] already
+    run (left-padded, their keys/values cached): a tail's token t sits at position (its head's length) + t."""
+    head_mask = head_mask.to(tail_mask)
+    positions = head_mask.sum(1, keepdim=True) + torch.arange(tail_mask.shape[1], device=tail_mask.device)
+    return torch.cat([head_mask, tail_mask], 1), positions
 
 
 # ------------------------------------------------------------------------------------------ model structure

@@ -87,3 +87,9 @@ def softhard(capsys, *argv: str) -> dict:
     out, err = capsys.readouterr()
     assert code == 0, err
     return json.loads(out)
+
+
+# The demo's budgets, as small as they go (a tiny model or a smoke run): the soft prompt and the hard search.
+TINY_DEMO = ["--soft-steps", "2", "--soft-batch-size", "4", "--steps", "2", "--label-steps", "1", "--edit-steps", "1",
+             "--batch-size", "4", "--eval-interval", "1", "--pool-size", "4", "--race-steps", "1", "--edit-candidates",
+             "2"]

@@ -13,7 +13,7 @@ import torch
 
 from peft_softhard.app.cli import build_parser, main
 
-from conftest import NEGATIVE, POSITIVE, SHARED, softhard, task_args
+from conftest import NEGATIVE, POSITIVE, SHARED, TINY_DEMO, softhard, task_args
 
 
 def test_every_command_has_help(capsys):
@@ -31,7 +31,8 @@ def test_train_eval_project_export_import_round(capsys, files, tmp_path):
                        "--eval-interval", "2", "--batch-size", "4", "--output-dir", str(tmp_path / "train"),
                        "--device", "cpu")
     assert [run["num_virtual_tokens"] for run in trained["runs"]] == [2, 3]
-    assert all(0 <= run["validation_accuracy"] <= 1 for run in trained["runs"])
+    # the reported validation accuracy is the best step's, of the steps scored
+    assert all(run["validation_accuracy"] == max(score for _, score in run["score_history"]) for run in trained["runs"])
     assert (tmp_path / "train" / "training_curves.png").stat().st_size > 1000
     assert (tmp_path / "train" / "accuracy_vs_length.png").stat().st_size > 1000
     adapter = trained["runs"][0]["adapter"]
@@ -62,13 +63,14 @@ def test_demo_on_ag_news_uses_its_manual_template_and_rows(capsys, files, tmp_pa
     from peft_softhard.app.tasks import AG_NEWS
 
     report = softhard(capsys, "demo", "--task", "ag_news", "--model", str(files / "tiny-gpt2"), "--train-rows", "12",
-                      "--validation-rows", "6", "--eval-rows", "8", "--soft-steps", "2", "--hard-steps", "2",
-                      "--batch-size", "4", "--data-dir", str(SHARED / "data"), "--output-dir", str(tmp_path / "demo"),
-                      "--device", "cpu")
+                      "--validation-rows", "6", "--eval-rows", "8", *TINY_DEMO, "--data-dir", str(SHARED / "data"),
+                      "--output-dir", str(tmp_path / "demo"), "--device", "cpu")
     assert (report["task"], report["template"]) == ("ag_news", AG_NEWS.manual_template)
     assert (report["train_rows"], report["validation_rows"], report["eval_rows"]) == (12, 6, 8)
     assert report["hard_minus_manual"] == round(report["hard"]["accuracy"] - report["manual"]["accuracy"], 4)
-    assert (tmp_path / "demo" / "hard" / "adapter" / "adapter_config.json").exists()
+    saved = json.loads((tmp_path / "demo" / "hard" / "prompt.json").read_text())
+    assert (saved["template"], saved["label_words"]) == (report["hard_template"], report["hard_label_words"])
+    assert report["manual"]["validation"] == report["hard_stages"][0]["start"]  # the search starts at the manual
 
 
 def test_train_resumes_from_its_checkpoint(capsys, files, tmp_path):
@@ -88,14 +90,17 @@ def test_train_stops_at_max_seconds_and_keeps_the_best_prompt(capsys, files, tmp
     history = json.loads((tmp_path / "n2" / "history.json").read_text())
     assert history["steps"] < 1000  # the clock stopped it, and the prompt it reached was still scored
     assert [step for step, _ in history["score_history"]][-1] == history["steps"]
-    assert (tmp_path / "n2" / "best").is_dir() and 0 <= trained["runs"][0]["eval"]["accuracy"] <= 1
+    assert (tmp_path / "n2" / "best").is_dir()
+    again = softhard(capsys, "eval", "--model", str(files / "tiny-gpt2"), *task_args(files), "--adapter",
+                     str(tmp_path / "n2" / "best"))
+    assert trained["runs"][0]["eval"]["accuracy"] == again["accuracy"]  # the eval rows, scored by the best prompt
 
 
 def test_train_a_soft_prompt_with_a_classification_head(capsys, files, tmp_path):
     result = softhard(capsys, "train", "--model", str(files / "tiny-bert"), "--task-type", "SEQ_CLS",
                       *task_args(files), "--num-virtual-tokens", "3", "--steps", "3", "--batch-size", "4",
                       "--eval-interval", "3", "--output-dir", str(tmp_path))
-    assert 0 <= result["runs"][0]["validation_accuracy"] <= 1
+    assert result["runs"][0]["validation_accuracy"] == max(score for _, score in result["runs"][0]["score_history"])
     scored = softhard(capsys, "eval", "--model", str(files / "tiny-bert"), *task_args(files),
                       "--adapter", result["runs"][0]["adapter"])
     assert scored["accuracy"] == result["runs"][0]["eval"]["accuracy"]
@@ -131,17 +136,61 @@ def test_an_ensemble_of_adapters_for_different_task_types_is_refused(capsys, fil
 
 
 @pytest.mark.parametrize("method", ["pez", "gcg"])
-def test_discover(capsys, files, tmp_path, method):
+def test_discover_tokens_in_front(capsys, files, tmp_path, method):
     result = softhard(capsys, "discover", "--model", str(files / "tiny-gpt2"), *task_args(files), "--method", method,
-                      "--num-virtual-tokens", "3", "--steps", "3", "--eval-interval", "3", "--batch-size", "4",
-                      "--top-k", "8", "--candidates", "4", "--word-start-only", "--round-trip-only",
+                      "--stages", "tokens", "--placement", "prefix", "--num-virtual-tokens", "3", "--steps", "3",
+                      "--eval-interval", "3", "--batch-size", "4", "--top-k", "8", "--candidates", "4",
                       "--output-dir", str(tmp_path))
-    assert len(result["token_ids"]) == 3 and result["round_trips"] is True
-    assert (tmp_path / "prompt.txt").read_text() == result["text"]
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    assert result["template"] == "{prompt} {text}. It was" and result["round_trips"] is True
+    assert (tmp_path / "prompt.txt").read_text() == result["prompt"]
+    if result["token_ids"]:  # tokens in front of the unchanged template: also a SOFTHARD adapter
+        assert len(result["token_ids"]) == 3 and (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     scored = softhard(capsys, "eval", "--model", str(files / "tiny-gpt2"), *task_args(files),
                       "--prompt-text", result["text"])
     assert scored["accuracy"] == result["eval"]["accuracy"]
+
+
+def test_discover_searches_the_whole_prompt_and_eval_scores_its_file(capsys, files, tmp_path):
+    result = softhard(capsys, "discover", "--model", str(files / "tiny-gpt2"), *task_args(files), "--steps", "4",
+                      "--label-steps", "2", "--edit-steps", "2", "--eval-interval", "2", "--batch-size", "4",
+                      "--pool-size", "4", "--race-steps", "2", "--edit-candidates", "4", "--calibrate",
+                      "--output-dir", str(tmp_path))
+    saved = json.loads((tmp_path / "prompt.json").read_text())
+    assert (saved["template"], saved["label_words"], saved["token_ids"]) == (
+        result["template"], result["label_words"], result["token_ids"])
+    assert [stage["stage"] for stage in result["stages"]] == ["label_words", "tokens", "template_edits"]
+    assert result["validation_accuracy"] >= result["start_validation_accuracy"]  # the user's prompt is the floor
+    assert saved["filled"] == result["prompt"] == (tmp_path / "prompt.txt").read_text()
+    scored = softhard(capsys, "eval", "--model", str(files / "tiny-gpt2"), *task_args(files), "--prompt-file",
+                      str(tmp_path / "prompt.json"), "--calibrate")
+    assert scored["accuracy"] == result["eval"]["accuracy"]
+    assert scored["calibrated"]["accuracy"] == result["eval_calibrated"]["accuracy"]
+
+
+def test_the_command_line_runs_the_python_defaults():
+    """One definition: `softhard discover`, `softhard demo` and `DiscoveryConfig()` run the same search, and `softhard
+    train` runs `TrainConfig()`, when no option is given."""
+    from peft_softhard import DiscoveryConfig, TrainConfig
+    from peft_softhard.app.cli import parse_args
+    from peft_softhard.app.options import config_from_args
+
+    for command in ("discover", "demo"):
+        args = parse_args([command])
+        assert config_from_args(DiscoveryConfig, args, seed=0, show_progress=True) == DiscoveryConfig(), command
+    assert config_from_args(TrainConfig, parse_args(["train"]), seed=0, show_progress=True) == TrainConfig()
+    reference = parse_args(["discover", "--preset", "pez-reference", "--steps", "7"])
+    assert config_from_args(DiscoveryConfig, reference, seed=0, show_progress=True) == DiscoveryConfig.from_preset(
+        "pez-reference", steps=7)  # a preset sets the defaults, explicit options still win
+
+
+def test_typed_templates_and_label_words_are_what_the_user_meant(tmp_path):
+    from peft_softhard.app.cli import parse_args, task_from_args
+
+    typed = ["--template", "Question: {text}\\nType:", "--label-word", " bad", "--label-word", " good"]
+    task = task_from_args(parse_args(["eval", "--task", "sst2", *typed]))
+    assert task.template == "Question: {text}\nType:" and task.label_words == [" bad", " good"]
+    with pytest.raises(ValueError, match="one --label-word per class"):
+        task_from_args(parse_args(["eval", "--task", "sst2", "--label-word", " bad"]))
 
 
 def kobold_zip(path, members: dict[str, bytes]):

@@ -14,6 +14,8 @@ from peft_softhard.files.checkpoint import has_checkpoint, load_checkpoint, save
 from peft_softhard.optimization.training import TrainConfig, train_prompt
 from peft_softhard.testing import build, tiny_gpt2
 
+IN_FRONT = {"stages": ["tokens"], "placement": "prefix"}  # the token searches in front, as these tests were written
+
 
 class Interrupting:
     """Wraps an objective and raises KeyboardInterrupt (a Ctrl-C) on the n-th training loss."""
@@ -74,7 +76,8 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(tmp_path, sent
 def test_interrupted_discovery_resumes_to_the_uninterrupted_result(tmp_path, sentiment, method, at_call):
     model = build(lambda: tiny_gpt2(initializer_range=0.3))
     objective = sentiment  # every prompt position matters here, so any lost state would show
-    config = DiscoveryConfig(method=method, steps=12, batch_size=4, eval_interval=2, num_restarts=2, lr=0.05,
+    config = DiscoveryConfig(**IN_FRONT, method=method, steps=12, batch_size=4, eval_interval=2, num_restarts=2,
+                             lr=0.05,
                              gcg_top_k=8, gcg_candidates=8, buffer_size=2, n_replace=2, show_progress=False)
     prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
     expected = run(model, objective, config, prompt)
@@ -94,7 +97,8 @@ def test_interrupted_discovery_resumes_to_the_uninterrupted_result(tmp_path, sen
 
 def test_a_finished_run_continued_to_more_steps_ends_as_the_longer_run(tmp_path, sentiment):
     # how the quality benchmark measures one run at several budgets (constant learning rates)
-    config = DiscoveryConfig(steps=12, batch_size=4, eval_interval=3, lr=0.05, show_progress=False)
+    config = DiscoveryConfig(**IN_FRONT, method="pez", steps=12, batch_size=4, eval_interval=3, lr=0.05,
+                             show_progress=False)
     prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
     model = build(lambda: tiny_gpt2(initializer_range=0.3))
     expected = run(model, sentiment, config, prompt)
@@ -107,7 +111,8 @@ def test_a_finished_run_continued_to_more_steps_ends_as_the_longer_run(tmp_path,
 
 
 def test_a_run_stopped_by_its_time_limit_checkpoints_where_it_stopped(tmp_path, sentiment):
-    config = DiscoveryConfig(steps=1000, batch_size=4, eval_interval=500, lr=0.05, max_seconds=1e-6,
+    config = DiscoveryConfig(**IN_FRONT, method="pez", steps=1000, batch_size=4, eval_interval=500, lr=0.05,
+                             max_seconds=1e-6,
                              show_progress=False)
     result = run(build(lambda: tiny_gpt2(initializer_range=0.3)), sentiment, config,
                  SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=3), checkpoint_dir=str(tmp_path),
@@ -134,7 +139,8 @@ def test_the_same_seed_gives_the_same_prompts(tmp_path, sentiment):
     assert torch.equal(*(m.prompt_encoder["default"].embedding.weight for m in soft))
 
     model = build(lambda: tiny_gpt2(initializer_range=0.3))
-    search = DiscoveryConfig(method="pez", steps=6, batch_size=4, eval_interval=3, lr=0.05, show_progress=False)
+    search = DiscoveryConfig(**IN_FRONT, method="pez", steps=6, batch_size=4, eval_interval=3, lr=0.05,
+                             show_progress=False)
     prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
     first, second = run(model, sentiment, search, prompt), run(model, sentiment, search, prompt)
     assert first.token_ids == second.token_ids and first.loss_history == second.loss_history

@@ -8,8 +8,8 @@ import torch
 
 from peft_softhard import ClassificationObjective, DiscoveryConfig, DistillationObjective, SoftHardConfig, run
 from peft_softhard.method.encoder import SoftHardPromptEncoder
-from peft_softhard.optimization.discovery import GCG, PEZRefine
 from peft_softhard.optimization.loop import frozen
+from peft_softhard.optimization.token_search import GCG, PEZRefine
 from peft_softhard.testing import build, tiny_gpt2
 
 TEXTS = [" good", " great", " fine", " bad", " awful", " poor", " nice", " dull"]
@@ -34,7 +34,7 @@ def hard(n: int = 4) -> SoftHardConfig:
 def config(method: str, **kwargs) -> DiscoveryConfig:
     settings = {"steps": 6, "batch_size": 4, "eval_interval": 2, "lr": 0.05, "gcg_top_k": 8, "gcg_candidates": 8,
                 "show_progress": False, **kwargs}
-    return DiscoveryConfig(method=method, **settings)
+    return DiscoveryConfig(method=method, stages=["tokens"], placement="prefix", **settings)
 
 
 def strategy(kind, model, objective, settings, n: int = 4):
@@ -101,8 +101,11 @@ def test_the_starting_prompt_is_scored_and_wins_when_nothing_beats_it(model, gpt
     prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, mode="hard", init="token_ids",
                             init_token_ids=start)
     result = run(model, objective, config("pez", lr=0.5), prompt)
-    assert result.score_history[0][0] == 0 and result.best_step == 0
-    assert result.token_ids == start  # the search returns where it began, not a worse prompt
+    # the user's prompt (the template alone) is scored first, then the search's own start, at its step 0
+    (stage,) = result.stages
+    assert result.score_history[0][0] == 0 and stage.best_step == 0
+    assert stage.prompt["token_ids"] == start  # the search's best is where it began, not a worse prompt,
+    assert not stage.kept and result.token_ids == [] and result.best_score == 1.0  # and the template alone wins
 
 
 def test_a_search_can_start_from_a_soft_prompts_vectors(model, sentiment):
@@ -121,7 +124,7 @@ def test_a_search_can_start_from_a_soft_prompts_vectors(model, sentiment):
     recording = Recording(sentiment.tokenizer, TEXTS, LABELS, template="{text}. It was", label_words=[" no", " yes"],
                           held_out_texts=TEXTS, held_out_labels=LABELS)
     run(model, recording, config("gcg"), hard(), init_prompt=vectors)
-    assert seen[0] == reading
+    assert seen[0] == [] and seen[1] == reading  # the template alone first, then the search's start
     with pytest.raises(ValueError, match="same length"):
         run(model, sentiment, config("pez"), hard(n=3), init_prompt=vectors)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from peft_softhard import DiscoveryConfig
 from peft_softhard.app.cli import main, parse_args
 from peft_softhard.app.tasks import SST2, carve_validation, custom_task, load_task_data, prompt_init
 
@@ -58,9 +59,11 @@ def test_warm_starts(gpt2_tokenizer):
 def test_discover_reports_validation_and_eval_and_starts_where_asked(capsys, files, tmp_path):
     model = ["--model", str(files / "tiny-gpt2")]
     common = [*model, *task_args(files), "--num-virtual-tokens", "3", "--steps", "2", "--eval-interval", "2",
-              "--batch-size", "4", "--top-k", "8", "--candidates", "4"]
+              "--batch-size", "4", "--top-k", "8", "--candidates", "4", "--stages", "tokens", "--placement", "prefix",
+              "--method", "pez"]  # a token search that starts somewhere: in front, PEZ
     labels = softhard(capsys, "discover", *common, "--init", "labels", "--output-dir", str(tmp_path / "labels"))
     assert labels["score_history"][0][0] == 0 and labels["validation_accuracy"] >= labels["start_validation_accuracy"]
+    assert labels["stages"][0]["prompt"]["token_ids"] or not labels["stages"][0]["kept"]  # the search's best
     assert set(labels["eval"]) >= {"accuracy", "examples"} and labels["init"] == "labels"
 
     soft = softhard(capsys, "train", *model, *task_args(files), "--num-virtual-tokens", "3", "--steps", "2",
@@ -69,7 +72,7 @@ def test_discover_reports_validation_and_eval_and_starts_where_asked(capsys, fil
     for extra in (["--init", "soft", "--init-adapter", adapter], ["--distill-from", adapter, "--method", "pez_refine",
                                                                   "--buffer-size", "2", "--n-replace", "2"]):
         result = softhard(capsys, "discover", *common, *extra, "--output-dir", str(tmp_path / extra[1]))
-        assert len(result["token_ids"]) == 3
+        assert len(result["stages"][0]["prompt"]["token_ids"]) == 3
     assert main(["discover", *common, "--init", "soft"]) == 2
     assert "--init-adapter" in capsys.readouterr().err
 
@@ -78,5 +81,6 @@ def test_the_reference_preset_sets_defaults_and_explicit_options_win():
     args = parse_args(["discover", "--preset", "pez-reference", "--steps", "3"])
     assert (args.steps, args.optimizer, args.lr, args.init, args.validation_rows, args.batch_size) == (
         3, "adafactor", 0.3, "labels", 5000, 16)
-    plain = parse_args(["discover"])
-    assert (plain.steps, plain.optimizer, plain.init, plain.validation_rows) == (200, "adafactor", "manual", 500)
+    plain, defaults = parse_args(["discover"]), DiscoveryConfig()
+    assert (plain.steps, plain.optimizer, plain.stages, plain.init, plain.validation_rows) == (
+        defaults.steps, defaults.optimizer, defaults.stages, "manual", 500)

@@ -38,18 +38,25 @@ logger = logging.getLogger("peft_softhard")
 
 
 # ------------------------------------------------------------------------------------------ shared steps
-def _task(args):
-    """The task the arguments name; relative custom data files are read from the working directory."""
+def task_from_args(args):
+    """The task the arguments name; relative custom data files are read from the working directory. A typed
+    template's `\\n` is a newline; `--template` and `--label-word` replace a built-in task's own."""
+    from ..objectives.templates import unescape
     from .tasks import custom_task, get_task
 
+    template = unescape(args.template) if args.template else None
     if args.train_file or args.eval_file:
         if not args.label_words:
             raise ValueError("A custom task needs its label words: --label-word ' no' --label-word ' yes' ...")
-        return custom_task(train=args.train_file, eval=args.eval_file, template=args.template or "{text}",
+        return custom_task(train=args.train_file, eval=args.eval_file, template=template or "{text}",
                            label_words=args.label_words, text_column=args.text_column,
                            label_column=args.label_column, base_dir=Path.cwd())
     task = get_task(args.task)
-    return type(task)(**{**task.to_dict(), "template": args.template}) if args.template else task
+    if args.label_words and len(args.label_words) != task.num_labels:
+        raise ValueError(f"Task {task.name!r} has {task.num_labels} classes; give one --label-word per class, in label "
+                         f"order (its own: {task.label_words}).")
+    changes = {"template": template, "label_words": args.label_words}
+    return dataclasses.replace(task, **{name: value for name, value in changes.items() if value})
 
 
 def _data(args, task, for_training: bool = False):
@@ -114,7 +121,7 @@ class _Source:
     @classmethod
     def from_args(cls, args) -> _Source:
         if not args.corpus:
-            task = _task(args)
+            task = task_from_args(args)
             return cls(task.name, task=task, data=_data(args, task, for_training=True))
         from .corpus import read_corpus, split_corpus
 
@@ -126,14 +133,15 @@ class _Source:
         return cls(args.corpus, corpus=split_corpus(documents, args.validation_share, args.report_share, args.seed),
                    chunk_tokens=args.chunk_tokens)
 
-    def objective(self, tokenizer, task_type: str = "CAUSAL_LM"):
+    def objective(self, tokenizer, task_type: str = "CAUSAL_LM", template: str | None = None):
+        """The objective; a task's `template` (default: the task's own) is the input around each example."""
         if self.corpus is not None:
             from .corpus import corpus_objective
 
             return corpus_objective(self.corpus, tokenizer, self.chunk_tokens)
         from .tasks import task_objective
 
-        return task_objective(self.task, self.data, tokenizer, task_type)
+        return task_objective(self.task, self.data, tokenizer, task_type, template)
 
     @property
     def measure(self) -> str:
@@ -172,14 +180,13 @@ def cmd_train(args) -> dict:
 
     from ..method.config import SoftHardConfig
     from ..optimization.training import TrainConfig, train_prompt
+    from .options import config_from_args
     from .plots import plot_accuracy_vs_length, plot_training_curves
 
     prompts = [SoftHardConfig(task_type=args.task_type, num_virtual_tokens=length, mode=args.mode, metric=args.metric)
                for length in args.num_virtual_tokens]  # checked now; their init once the tokenizer is loaded
     _check_init(args)
-    config = TrainConfig(steps=args.steps, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,
-                         eval_interval=args.eval_interval, checkpoint_interval=args.checkpoint_interval,
-                         seed=args.seed, max_seconds=args.max_seconds, show_progress=not args.json)
+    config = config_from_args(TrainConfig, args, seed=args.seed, show_progress=not args.json)
     source = _Source.from_args(args)
     measure, output = source.measure, Path(args.output_dir)
     rows, curves, payload, objective = [], {}, {"task": source.name, "runs": []}, None
@@ -254,18 +261,16 @@ def _samples_text(runs: list[dict]) -> str:
 def cmd_discover(args) -> dict:
     from ..method.config import SoftHardConfig
     from ..optimization.discovery import DiscoveryConfig, run
+    from .options import config_from_args
     from .plots import plot_training_curves
 
-    prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.num_virtual_tokens, mode="hard",
-                            metric=args.metric, ascii_only=args.ascii_only, word_start_only=args.word_start_only,
-                            round_trip_only=args.round_trip_only)  # its init once the tokenizer is loaded
+    config = config_from_args(DiscoveryConfig, args, seed=args.seed, show_progress=not args.json)
+    words = {"word_start_only": True, "round_trip_only": True} if config.whole_words else {}
+    prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=config.num_virtual_tokens, mode="hard",
+                            metric=args.metric, ascii_only=args.ascii_only, **{  # its init once the tokenizer is loaded
+                                "word_start_only": args.word_start_only, "round_trip_only": args.round_trip_only,
+                                **words})
     _check_init(args)
-    config = DiscoveryConfig(method=args.method, steps=args.steps, lr=args.lr, optimizer=args.optimizer,
-                             weight_decay=args.weight_decay, batch_size=args.batch_size,
-                             eval_interval=args.eval_interval, num_restarts=args.restarts, seed=args.seed,
-                             fluency_weight=args.fluency_weight, gcg_top_k=args.top_k, gcg_candidates=args.candidates,
-                             buffer_size=args.buffer_size, n_replace=args.n_replace, refine_share=args.refine_share,
-                             max_seconds=args.max_seconds, show_progress=not args.json)
     if args.corpus and args.distill_from:
         raise ValueError("--distill-from matches a soft prompt's class distribution on a task's rows; a corpus has "
                          "no classes: leave it out (the corpus objective is the text's own loss).")
@@ -275,38 +280,78 @@ def cmd_discover(args) -> dict:
     objective, start = _discovery_objective(args, source, tokenizer)
     output, measure = Path(args.output_dir), source.measure
     result = run(base, objective, config, prompt, tokenizer, checkpoint_dir=str(output / "checkpoint"),
-                 checkpoint_interval=args.checkpoint_interval, resume=args.resume, init_prompt=start)
-    model = result.to_peft_model(base)
-    save_adapter_atomically(model, output / "adapter")
-    write_text_atomically(output / "prompt.txt", result.text or "")
-    final = source.report(base, objective, torch.tensor(result.token_ids))  # the eval rows, scored once
-    validation = (source.shown(result.score_history[0][1]), source.shown(result.best_score))
-    payload = {"task": source.name, "method": result.method, "init": args.init, "text": result.text,
-               "token_ids": result.token_ids, f"validation_{measure}": validation[1], "best_step": result.best_step,
-               f"start_validation_{measure}": validation[0], "eval": final,
+                 resume=args.resume, init_prompt=start)
+    found, model = _save_discovered(result, base, tokenizer, output)
+    final_objective, final_prompt = objective, torch.tensor(result.token_ids, dtype=torch.long)
+    if result.whole_prompt is not None:  # the eval rows with the found template and label words
+        final_objective, final_prompt = objective.for_prompt(result.whole_prompt)
+    final = source.report(base, final_objective, final_prompt)  # the eval rows, scored once
+    validation = (source.shown(result.start_score), source.shown(result.best_score))
+    payload = {"task": source.name, "method": result.method, "init": args.init, **found,
+               "text": result.text, "token_ids": result.token_ids, f"validation_{measure}": validation[1],
+               "best_step": result.best_step, f"start_validation_{measure}": validation[0], "eval": final,
+               "stages": [dataclasses.asdict(stage) for stage in result.stages],
                "round_trips": result.round_trips, "perplexity": result.perplexity, "seconds": result.seconds,
-               "notes": result.notes, "score_history": result.score_history, "adapter": str(output / "adapter")}
-    _corpus_outputs(args, model, tokenizer, payload, args.num_virtual_tokens)
+               "notes": result.notes, "score_history": result.score_history}
+    if args.calibrate and source.corpus is None:
+        payload["eval_calibrated"] = evaluate_prompt(base, final_objective, final_prompt, calibrate=True)
+    _corpus_outputs(args, model, tokenizer, payload, config.num_virtual_tokens)
     write_text_atomically(output / "result.json", json.dumps(payload, indent=2))
     payload["plots"] = [str(plot_training_curves({result.method: (result.loss_history, result.score_history)},
                                                  output / "training_curves.png"))]
-    text = table(["method", "prompt", f"validation {measure} (start -> chosen)", "at step", f"eval {measure}",
-                  "round trips", "seconds"],
-                 [[result.method, result.text, f"{validation[0]:.4f} -> {validation[1]:.4f}",
-                   result.best_step, final[measure], result.round_trips, round(result.seconds, 1)]])
+    shown = found.get("prompt") or result.text
+    text = table(["prompt", f"validation {measure} (yours -> found)", f"eval {measure}", "round trips", "seconds"],
+                 [[shown, f"{validation[0]:.4f} -> {validation[1]:.4f}", final[measure], result.round_trips,
+                   round(result.seconds, 1)]])
+    stages = "".join(f"\nstage {r.stage}: validation {r.start_score:.4f} -> {r.best_score:.4f} "
+                     f"({'kept' if r.kept else 'not kept'})" for r in result.stages)
+    calibrated = (f"\nwith contextual calibration (decoding only, not in the prompt): eval accuracy "
+                  f"{payload['eval_calibrated']['accuracy']:.4f}" if "eval_calibrated" in payload else "")
     notes = "".join(f"\nnote: {n}" for n in result.notes)
-    _print(args, payload, f"{text}\n{source.splits_line()}{_no_prompt_line(final)}{notes}\nadapter: "
-                          f"{output / 'adapter'}{_samples_text([payload])}")
+    saved = "".join(f"\n{what}: {where}" for what, where in found.items() if what in ("prompt_file", "adapter"))
+    _print(args, payload, f"{text}{_whole_prompt_text(found)}{stages}\n{source.splits_line()}"
+                          f"{_no_prompt_line(final)}{calibrated}{notes}{saved}{_samples_text([payload])}")
     return payload
+
+
+def _save_discovered(result, base, tokenizer, output: Path) -> tuple[dict, Any]:
+    """Write what discover found: prompt.json (the whole prompt: `eval --prompt-file` scores it), prompt.txt (the
+    text to paste) and, for tokens in front of an unchanged template, the SOFTHARD adapter. Returns (what was
+    written, the adapter's peft model or None)."""
+    whole = result.whole_prompt
+    found: dict[str, Any] = {}
+    if whole is not None:
+        found.update(template=whole.template, label_words=whole.label_words, prompt=whole.filled(tokenizer),
+                     prompt_file=str(output / "prompt.json"))
+        write_text_atomically(output / "prompt.json", whole.to_json(tokenizer, validation=result.best_score))
+        write_text_atomically(output / "prompt.txt", whole.filled(tokenizer))
+    else:
+        write_text_atomically(output / "prompt.txt", result.text or "")
+    model = None
+    if result.is_prefix and result.token_ids:
+        model = result.to_peft_model(base)
+        save_adapter_atomically(model, output / "adapter")
+        found["adapter"] = str(output / "adapter")
+    return found, model
+
+
+def _whole_prompt_text(found: dict) -> str:
+    if "template" not in found:
+        return ""
+    return (f"\nthe prompt to paste (your text at {{text}}): {found['prompt']!r}\nlabel words: "
+            + " / ".join(repr(word) for word in found["label_words"]))
 
 
 def _discovery_objective(args, source: _Source, tokenizer):
     """The objective (a task's distilled from a soft prompt with --distill-from), and the vectors a search starts
-    from (--init soft), or None."""
+    from (--init soft), or None. A built-in task's search starts from its hand-written template (the prompt a
+    user would type), unless --template gives another or a preset names the task's own."""
     from ..files import read_prompt_vectors
     from ..objectives import DistillationObjective
 
-    objective = source.objective(tokenizer)
+    manual = source.task.manual_template if source.task is not None else None
+    start_template = manual if manual and not args.template and not args.preset else None
+    objective = source.objective(tokenizer, template=start_template)
     start = read_prompt_vectors(args.init_adapter) if args.init == "soft" else None
     if args.distill_from:
         objective = DistillationObjective(objective, read_prompt_vectors(args.distill_from))
@@ -319,7 +364,7 @@ def cmd_eval(args) -> dict:
 
     if args.corpus:
         return _eval_corpus(args)
-    task = _task(args)
+    task = task_from_args(args)
     if args.manual and not task.manual_template:
         raise ValueError(f"Task {task.name!r} has no manual prompt; give --template or --prompt-text.")
     data = _data(args, task)
@@ -331,6 +376,14 @@ def cmd_eval(args) -> dict:
         task_type = peft_model.peft_config["default"].task_type
         objective, what = task_objective(task, data, tokenizer, task_type), f"adapter {args.adapter}"
         model = peft_model.get_base_model()
+    elif args.prompt_file:  # a whole prompt `softhard discover` found: its template, tokens and label words
+        from ..objectives.templates import WholePrompt
+
+        whole = WholePrompt.from_json(Path(args.prompt_file).read_text(), args.prompt_file)
+        model, tokenizer = _model(args, "CAUSAL_LM")
+        task = dataclasses.replace(task, label_words=whole.label_words)
+        objective = task_objective(task, data, tokenizer, template=whole.template)
+        prompt, what = torch.tensor(whole.token_ids, dtype=torch.long), f"prompt file {args.prompt_file}"
     else:
         model, tokenizer = _model(args, "CAUSAL_LM")
         template = task.manual_template if args.manual else None
@@ -339,10 +392,13 @@ def cmd_eval(args) -> dict:
         prompt = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
         what = f"prompt text {text!r}" if text else f"manual prompt {template!r}" if args.manual else "no prompt"
     metrics = evaluate_prompt(model, objective, prompt)
-    payload = {"task": task.name, "evaluated": what, **metrics}
+    payload, rows = {"task": task.name, "evaluated": what, **metrics}, [[what, metrics]]
+    if args.calibrate:
+        payload["calibrated"] = evaluate_prompt(model, objective, prompt, calibrate=True)
+        rows.append([f"{what}, calibrated (decoding only)", payload["calibrated"]])
     _print(args, payload, table(["evaluated", "accuracy", "macro-F1", "examples", "examples/s"],
-                                [[what, metrics["accuracy"], metrics["macro_f1"], metrics["examples"],
-                                  metrics["examples_per_second"]]]))
+                                [[name, m["accuracy"], m["macro_f1"], m["examples"], m["examples_per_second"]]
+                                 for name, m in rows]))
     return payload
 
 
@@ -465,9 +521,11 @@ def cmd_import(args) -> dict:
 
 
 def cmd_demo(args) -> dict:
+    from ..optimization.discovery import DiscoveryConfig
     from .demo import run_demo
+    from .options import config_from_args
 
-    return run_demo(args)
+    return run_demo(args, config_from_args(DiscoveryConfig, args, seed=args.seed, show_progress=not args.json))
 
 
 # ------------------------------------------------------------------------------------------------ parser
@@ -485,7 +543,9 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
 
 
 def _add_train(commands) -> None:
+    from ..optimization.loop import OPTIMIZERS
     from ..optimization.training import TrainConfig
+    from .options import add_config_options
 
     train = commands.add_parser("train", help="train a soft (or hard) prompt on a task",
                                 description="Train a SOFTHARD prompt; the best adapter is kept; --resume continues.")
@@ -496,58 +556,60 @@ def _add_train(commands) -> None:
                        help="prompt length; several values train one prompt each and plot score vs length")
     # the task's instruction and TrainConfig's lr: the best on validation rows (benchmarks/settings.py)
     _add_prompt_init(train, task_default="manual")
-    _add_optimisation(train, lr=TrainConfig.lr, eval_interval=50)
-    train.add_argument("--optimizer", default="adamw", choices=["adamw", "adafactor"], help="default %(default)s")
+    add_config_options(train, TrainConfig, skip=("seed", "show_progress"), choices={"optimizer": OPTIMIZERS},
+                       title="optimisation (TrainConfig)")
+    _add_resume(train)
     _add_output(train, "out/train")
     train.set_defaults(handler=cmd_train)
 
 
-# PEZ from the task's instruction with Adafactor at lr 0.3: in benchmarks/demo_settings.py AdamW 0.1/0.03 from
-# random tokens (0.1.0's defaults) never beat its start; at 3,200 examples GCG at equal time only ties it
-# (benchmarks/quality.py).
-DISCOVER_DEFAULTS = {"method": "pez", "num_virtual_tokens": 10, "init": "manual", "steps": 200, "lr": 0.3,
-                     "optimizer": "adafactor", "weight_decay": 0.0, "batch_size": 16, "eval_interval": 100,
-                     "validation_rows": 500, "max_train": 2000}
-
-
 def discover_defaults(preset: str | None) -> dict:
-    """`softhard discover`'s defaults, or a preset's (`--preset`; explicit options still win)."""
+    """The `DiscoveryConfig` fields a preset sets and the task options it changes (`--preset`; explicit options
+    still win); none without a preset: `DiscoveryConfig`'s own defaults are discover's."""
     from ..optimization.discovery import preset_settings
 
     if preset is None:
-        return DISCOVER_DEFAULTS
+        return {}
     # the reference's own init and selection rows; it trains on the rest of the train split
-    return {**DISCOVER_DEFAULTS, **preset_settings(preset), "init": "labels", "validation_rows": 5000,
-            "max_train": None}
+    return {**preset_settings(preset), "init": "labels", "validation_rows": 5000, "max_train": None}
+
+
+# discover's options for `DiscoveryConfig` fields, where their names predate the config's
+DISCOVER_NAMES = {"num_restarts": "restarts", "gcg_top_k": "top-k", "gcg_candidates": "candidates"}
+
+
+def _add_search(parser: argparse.ArgumentParser, defaults: dict | None = None) -> None:
+    """The hard-prompt search's options (`DiscoveryConfig`'s fields; a preset's `defaults`), for discover and demo."""
+    from ..objectives.templates import PLACEMENTS
+    from ..optimization.discovery import STAGES, TOKEN_METHODS, DiscoveryConfig
+    from ..optimization.loop import OPTIMIZERS
+    from .options import add_config_options
+
+    fields = {k: v for k, v in (defaults or {}).items() if k in DiscoveryConfig.__dataclass_fields__}
+    add_config_options(parser, DiscoveryConfig, skip=("seed", "show_progress"), rename=DISCOVER_NAMES,
+                       choices={"method": TOKEN_METHODS, "placement": PLACEMENTS, "stages": STAGES,
+                                "optimizer": OPTIMIZERS},
+                       defaults=fields, title="the hard prompt's search (DiscoveryConfig)")
 
 
 def _add_discover(commands, preset: str | None = None) -> None:
-    from ..optimization.discovery import METHODS, PRESETS
+    from ..optimization.discovery import PRESETS
 
     defaults = discover_defaults(preset)
-    discover = commands.add_parser("discover", help="discover a hard prompt (PEZ, PEZ + refinement, GCG, ...)",
-                                   description="Search for the best prompt of real tokens; --resume continues.")
+    discover = commands.add_parser("discover", help="discover a hard prompt: label words, tokens at a slot, template "
+                                   "edits", description="Search for the best whole prompt of real tokens (label "
+                                   "words, tokens at a slot of the template, template edits); --resume continues.")
     _add_model_and_task(discover, task_type=False)
     _add_corpus(discover, outputs=True)
     discover.add_argument("--preset", choices=list(PRESETS),
-                          help="a named setting: pez-reference is the PEZ paper's language-model code (Adafactor "
-                               "lr 0.3, 5000 steps of 16, label-word init, 5000 validation rows)")
-    discover.add_argument("--method", choices=list(METHODS), help="default %(default)s")
-    discover.add_argument("--num-virtual-tokens", type=int, help="default %(default)s")
-    _add_prompt_init(discover, task_default=defaults["init"], soft=True)
-    _add_optimisation(discover, lr=defaults["lr"], eval_interval=defaults["eval_interval"])
-    discover.add_argument("--optimizer", choices=["adamw", "adafactor"], help="default %(default)s")
-    discover.add_argument("--weight-decay", type=float, help="default %(default)s")
-    discover.add_argument("--restarts", type=int, default=1, help="default %(default)s")
-    discover.add_argument("--fluency-weight", type=float, default=0.0, help="λ of the fluency loss (default 0)")
-    discover.add_argument("--top-k", type=int, default=64, help="GCG: tokens per position (default %(default)s)")
-    discover.add_argument("--candidates", type=int, default=64, help="GCG: swaps per step (default %(default)s)")
-    discover.add_argument("--buffer-size", type=int, default=0,
-                          help="GCG/pez_refine: best prompts kept and rescored each step (default %(default)s)")
-    discover.add_argument("--n-replace", type=int, default=1,
-                          help="GCG/pez_refine: positions changed per candidate (default %(default)s)")
-    discover.add_argument("--refine-share", type=float, default=0.5,
-                          help="pez_refine: share of the steps spent refining (default %(default)s)")
+                          help="a named setting: pez-reference is the PEZ paper's language-model code (10 tokens in "
+                               "front, Adafactor lr 0.3, 5000 steps of 16, label-word init, 5000 validation rows)")
+    _add_prompt_init(discover, task_default=defaults.get("init", "manual"), soft=True)
+    _add_search(discover, defaults)
+    _add_resume(discover)
+    discover.add_argument("--calibrate", action="store_true",
+                          help="also report the eval rows with contextual calibration (Zhao et al. 2021; it changes "
+                               "decoding, so it is never part of the prompt you paste)")
     discover.add_argument("--distill-from", metavar="ADAPTER",
                           help="a trained soft prompt: match its class distribution on the training rows (KL) "
                                "instead of the labels; validation still chooses by accuracy")
@@ -557,7 +619,7 @@ def _add_discover(commands, preset: str | None = None) -> None:
     _add_output(discover, "out/discover")
     # (--init's default depends on what is searched on, a task or a corpus: resolved in `parse_args`)
     discover.set_defaults(handler=cmd_discover,
-                          **{k: v for k, v in defaults.items() if k not in ("eval_interval", "init")})
+                          **{k: v for k, v in defaults.items() if k in ("validation_rows", "max_train")})
 
 
 def _add_eval(commands) -> None:
@@ -569,8 +631,13 @@ def _add_eval(commands) -> None:
     which.add_argument("--adapter", help="a saved SOFTHARD (or exported PROMPT_TUNING) adapter folder")
     which.add_argument("--prompt-text", help="a hard prompt given as text, put before the task's template")
     which.add_argument("--manual", action="store_true", help="the task's hand-written zero-shot prompt")
+    which.add_argument("--prompt-file", help="a whole prompt `softhard discover` wrote (prompt.json: its template, "
+                                             "tokens and label words)")
     which.add_argument("--ensemble", nargs="+", metavar="ADAPTER",
                        help="several saved adapters scored in one batched pass, each alone and combined")
+    evaluate.add_argument("--calibrate", action="store_true",
+                          help="also report with contextual calibration (Zhao et al. 2021: the label bias on content-"
+                               "free inputs divided out; it changes decoding, not the prompt)")
     evaluate.add_argument("--combine", default="mean", choices=["mean", "vote"],
                           help="ensemble: mean class log-probability or majority vote (default %(default)s)")
     _add_output(evaluate)
@@ -620,24 +687,23 @@ def _add_demo(commands) -> None:
 
     demo = commands.add_parser("demo", help="the main job: manual vs soft vs hard prompts on SST-2 (~7 min)",
                                description="On the embedded default model and SST-2 (or AG News): the manual "
-                                           "prompt's accuracy, a trained soft prompt, a discovered hard prompt, "
-                                           "the soft prompt's reading, and a plot of the training curves. Steps "
-                                           "are chosen on validation rows from the train split; dev rows are "
-                                           "scored once.")
+                                           "prompt's accuracy, a trained soft prompt, a hard prompt discovered by "
+                                           "`softhard discover`'s own search, the soft prompt's reading, and a plot "
+                                           "of the training curves. Steps are chosen on validation rows from the "
+                                           "train split; dev rows are scored once.")
     demo.add_argument("--model", default=None, help="default smollm2-135m")
     demo.add_argument("--task", default="sst2", choices=list(BUILT_IN),
-                      help="a built-in task with a manual template (default %(default)s; ag_news takes about 10 min)")
+                      help="a built-in task with a manual template (default %(default)s)")
     demo.add_argument("--data-dir", help="folder with sst2/ or ag_news/ (default ../shared/data, else the hub)")
     demo.add_argument("--train-rows", type=int, default=1000, help="training subset (default %(default)s)")
     demo.add_argument("--validation-rows", type=int, default=150,
                       help="rows carved from the train split that choose each prompt's step (default %(default)s)")
     demo.add_argument("--eval-rows", type=int, default=300,
                       help="a seeded subset of the dev rows, scored once at the end (default %(default)s)")
-    # the demo's budget: benchmarks/demo_settings.py reads it and chose the hard search (and its soft start) at it
-    demo.add_argument("--soft-steps", type=int, default=60, help="default %(default)s")
-    demo.add_argument("--hard-steps", type=int, default=40, help="default %(default)s")
-    demo.add_argument("--batch-size", type=int, default=8, help="default %(default)s")
+    demo.add_argument("--soft-steps", type=int, default=60, help="the soft prompt's steps (default %(default)s)")
+    demo.add_argument("--soft-batch-size", type=int, default=8, help="its batch (default %(default)s)")
     demo.add_argument("--seed", type=int, default=0)
+    _add_search(demo)  # the hard prompt: discover's own search and options, so the two never differ
     _add_device(demo)
     _add_output(demo, "out/demo")
     demo.set_defaults(handler=cmd_demo)
@@ -657,9 +723,11 @@ def _add_model_and_task(parser: argparse.ArgumentParser, task_type: bool = True)
     group.add_argument("--eval-file", help="custom task: evaluation data, same forms")
     group.add_argument("--text-column", default="text", help="custom task: text column (default %(default)s)")
     group.add_argument("--label-column", default="label", help="custom task: label column (default %(default)s)")
-    group.add_argument("--template", help="input after the prompt; must contain {text} (custom task, or override)")
+    group.add_argument("--template", help="the input around the example: must contain {text} and may mark where a "
+                                          "prompt goes with {prompt}; \\n is a newline (custom task, or override)")
     group.add_argument("--label-word", action="append", dest="label_words", metavar="WORD",
-                       help="custom task: one per class in label order (repeat), e.g. --label-word ' no'")
+                       help="one per class in label order (repeat), e.g. --label-word ' no'; a custom task needs "
+                            "them, a built-in task's are replaced")
     group.add_argument("--data-dir", help="local copies of the built-in tasks' data (default ../shared/data)")
     group.add_argument("--max-train", type=int, default=2000, help="training examples used (default %(default)s)")
     group.add_argument("--validation-rows", type=int, default=500,
@@ -701,16 +769,8 @@ def _add_output(parser: argparse.ArgumentParser, default: str | None = None) -> 
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
 
 
-def _add_optimisation(parser: argparse.ArgumentParser, lr: float, eval_interval: int) -> None:
-    group = parser.add_argument_group("optimisation")
-    group.add_argument("--steps", type=int, default=200, help="default %(default)s")
-    group.add_argument("--lr", type=float, default=lr, help="default %(default)s")
-    group.add_argument("--batch-size", type=int, default=16, help="default %(default)s")
-    group.add_argument("--eval-interval", type=int, default=eval_interval, help="default %(default)s")
-    group.add_argument("--checkpoint-interval", type=int, default=25, help="default %(default)s")
-    group.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output-dir")
-    group.add_argument("--max-seconds", type=float,
-                       help="stop after this much training or search time (validation scoring not counted)")
+def _add_resume(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output-dir")
 
 
 def _add_prompt_init(parser: argparse.ArgumentParser, task_default: str, soft: bool = False) -> None:

@@ -14,10 +14,11 @@ from ..optimization.loop import frozen
 
 
 def evaluate_prompt(model: nn.Module, objective: ClassifierObjective, prompt: torch.Tensor,
-                    split: str = "eval", return_predictions: bool = False) -> dict[str, Any]:
+                    split: str = "eval", return_predictions: bool = False, calibrate: bool = False) -> dict[str, Any]:
     """Accuracy and macro-F1 (through `evaluate`) of one prompt (ids [n] or vectors [n, d]) on the objective's
     `split` ("eval": the rows that chose nothing; "held_out": the validation rows), with the examples scored
-    per second (and each row's predicted class, with `return_predictions`).
+    per second (and each row's predicted class, with `return_predictions`). `calibrate`: with contextual
+    calibration (a `ClassificationObjective`'s decoding; the prompt is unchanged).
 
     Example:
         ```py
@@ -27,7 +28,8 @@ def evaluate_prompt(model: nn.Module, objective: ClassifierObjective, prompt: to
     """
     started = time.time()
     with frozen(model), torch.no_grad():
-        predictions = objective.predictions(model, prompt, split)
+        options = {"calibrate": True} if calibrate else {}
+        predictions = objective.predictions(model, prompt, split, **options)
     seconds = time.time() - started
     labels = objective.labels(split)
     metrics = {**compute_metrics(predictions, labels), "examples": len(labels), "seconds": round(seconds, 2),

@@ -341,7 +341,7 @@ def task_objective(task: Task, data: TaskData, tokenizer: Any, task_type: str = 
     if task_type == "SEQ_CLS":
         return SequenceClassificationObjective(tokenizer, *data.train, num_labels=task.num_labels, **splits)
     return ClassificationObjective(tokenizer, *data.train, template=template or task.template,
-                                   label_words=task.label_words, **splits)
+                                   label_words=task.label_words, instruction=task.instruction, **splits)
 
 
 # `--init` choices: where a prompt starts. "manual": the task's instruction (what a user would type), "labels":

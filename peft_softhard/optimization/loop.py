@@ -67,9 +67,10 @@ class LoopConfig:
     )
     lr: float = field(default=1e-3, metadata={"help": "Learning rate."})
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the trained tensors."})
+    checkpoint_interval: int = field(default=50, metadata={"help": "Write a resumable checkpoint this often (steps)."})
 
     def __post_init__(self) -> None:
-        check_positive_ints(self, "steps", "batch_size", "eval_interval")
+        check_positive_ints(self, "steps", "batch_size", "eval_interval", "checkpoint_interval")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"Unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}.")
         if not self.lr > 0:

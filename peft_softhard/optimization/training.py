@@ -30,14 +30,13 @@ from torch import nn
 from ..files.checkpoint import save_adapter_atomically, write_text_atomically
 from ..objectives import Objective
 from ..peft_boundary.adapters import adapter_parameters
-from .loop import LoopConfig, check_positive_ints, frozen, gradient_step, make_optimizer, optimize
+from .loop import LoopConfig, frozen, gradient_step, make_optimizer, optimize
 
 
 @dataclass
 class TrainConfig(LoopConfig):
     # AdamW 3e-2 from the task's instruction: the best soft prompt on validation rows (benchmarks/settings.py)
     lr: float = field(default=3e-2, metadata={"help": "Learning rate."})
-    checkpoint_interval: int = field(default=50, metadata={"help": "Write a resumable checkpoint this often."})
     dropout: bool = field(
         default=False,
         metadata={"help": "Keep the frozen model's dropout active while training. Off by default: the prompt's "
@@ -46,10 +45,6 @@ class TrainConfig(LoopConfig):
     load_best_at_end: bool = field(
         default=True, metadata={"help": "Leave the best-scoring prompt (not the last) in the model when done."}
     )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_positive_ints(self, "checkpoint_interval")
 
 
 @dataclass
