@@ -58,6 +58,11 @@ def combine(value: torch.Tensor, local_count: int, global_count: int) -> torch.T
     return value
 
 
+def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """In place: `value` added up over the ranks (unchanged in one process)."""
+    return combine(value, 1, 1)
+
+
 def global_mean(value: float, local_count: int, global_count: int) -> float:
     """`combine` for a Python number (the logged loss, identical on every rank)."""
     return combine(torch.tensor([value], dtype=torch.float64), local_count, global_count).item()

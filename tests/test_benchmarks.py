@@ -34,7 +34,8 @@ RUNS = {
     "pez_reference": ("pez_reference", ["--tiny", "--steps", "4", "--work-dir", "{tmp}/pez-work"]),
     "new_task": ("new_task", ["--tiny", "--work-dir", "{tmp}/new-task-work"]),
     "style": ("style", ["--tiny", "--work-dir", "{tmp}/style-work"]),
-    "demo_settings": ("demo_settings", ["--tiny", "--only", "default", "--work-dir", "{tmp}/demo-settings-work"]),
+    "demo_settings": ("demo_settings", ["--tiny", "--task", "sst2", "--only", "default", "--work-dir",
+                                        "{tmp}/demo-settings-work"]),
 }
 
 

@@ -396,6 +396,8 @@ class _Pipeline:
             return lambda restart: LabelWordSearch(model, objective, ids, self._allowed())
         if name == "template_edits":
             pool = phrase_pool(objective.instruction, objective.template)
+            if objective.instruction:  # the whole instruction as a line of its own (GrIPS adds whole phrases too)
+                pool.append(objective.instruction.strip() + "\n")
             gradient_tokens = ranked_by_gradient(model, objective, ids, self._allowed(), list(range(
                 min(config.batch_size, objective.num_train))), config.edit_candidates)
             pool += [self.tokenizer.decode([token]) for token in gradient_tokens.tolist()]

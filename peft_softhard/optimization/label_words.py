@@ -1,11 +1,13 @@
 """Label-word search: which word the model should be read for, per class, after the template and its prompt.
 
-A strategy on the one loop (`loop.optimize`). Each step runs its batch once with the prompt fixed and adds
-each row's log-distribution over the vocabulary at the answer position (where a label word's first token is
-predicted) to its class's sum. The words in use are, per class, the allowed token whose mean log-probability on
-that class's rows most exceeds its largest mean on another class's rows (RLPrompt's gap: the true class against
-the best other), the classes taking distinct tokens, the most separated first. Step 0 is the user's own
-words (which may be several tokens each); the loop keeps whichever words score best on validation.
+A strategy on the one loop (`loop.optimize`). Each step runs its batch once with the prompt fixed and keeps each
+row's log-distribution over the allowed vocabulary at the answer position (where a label word's first token is
+predicted). Candidates per class are ranked by RLPrompt's gap: a token's mean log-probability on that class's
+rows minus its largest mean on another class's rows. The words in use are the candidates that classify the rows
+seen so far best, scored exactly from the kept distributions (every pair of the `CANDIDATES` best per class for
+two classes; coordinate ascent over the classes for more), ties to the larger mean margin (the true class's
+log-probability minus the best other's). Step 0 is the user's own words (which may be several tokens each); the
+loop keeps whichever words score best on validation.
 
 Example:
     ```py
@@ -17,13 +19,16 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..distributed import combine, global_mean, shard
+from ..distributed import global_mean, shard, sum_over_ranks
 from ..objectives.templates import WholePrompt
+
+CANDIDATES = 8  # per class, by gap: the words whose combinations are scored exactly
 
 
 class LabelWordSearch:
@@ -39,21 +44,18 @@ class LabelWordSearch:
     def __init__(self, model: nn.Module, objective: Any, prompt_ids: torch.Tensor, allowed: torch.Tensor) -> None:
         self.model, self.objective, self.prompt_ids = model, objective, prompt_ids
         self.allowed = allowed.cpu()
-        classes, vocabulary = len(objective.label_words), model.get_input_embeddings().weight.shape[0]
-        self.sums = torch.zeros(classes, vocabulary, dtype=torch.float64)
-        self.counts = torch.zeros(classes, dtype=torch.float64)
+        self.classes = len(objective.label_words)
+        self.seen = torch.zeros(0, len(self.allowed), dtype=torch.float16)  # [rows seen here, A] (this rank's)
+        self.seen_labels = torch.zeros(0, dtype=torch.long)
         self.words = list(objective.label_words)  # the user's words until the first step
 
     def step(self, indices: list[int]) -> float:
         local = shard(indices)
-        log_probs = self.objective.answer_log_probs(self.model, self.prompt_ids, local).cpu().double()  # [B, V]
+        log_probs = self.objective.answer_log_probs(self.model, self.prompt_ids, local).cpu()  # [B, V]
         labels = torch.tensor([self.objective.train[1][i] for i in local])
         loss = self.batch_loss(log_probs, labels)
-        sums = torch.zeros_like(self.sums).index_add_(0, labels, log_probs)
-        counts = torch.bincount(labels, minlength=len(self.counts)).double()
-        # global sums: each rank's mean share, combined, times the global batch (identical on every rank)
-        self.sums += combine(sums / len(local), len(local), len(indices)) * len(indices)
-        self.counts += combine(counts / len(local), len(local), len(indices)) * len(indices)
+        self.seen = torch.cat([self.seen, log_probs[:, self.allowed].half()])
+        self.seen_labels = torch.cat([self.seen_labels, labels])
         self.words = self.choose()
         return global_mean(loss, len(local), len(indices))
 
@@ -61,27 +63,49 @@ class LabelWordSearch:
         """The cross-entropy over classes of the words in use, from their first tokens' log-probabilities."""
         tokenizer = self.objective.tokenizer
         first = torch.tensor([tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in self.words])
-        return torch.nn.functional.cross_entropy(log_probs[:, first], labels).item()
+        return torch.nn.functional.cross_entropy(log_probs[:, first].double(), labels).item()
 
     def choose(self) -> list[str]:
-        """Per class, the allowed token with the largest gap (see the module docstring), all distinct."""
-        seen = self.counts > 0
-        if not bool(seen.all()):  # a class not yet seen keeps its word
+        """The words that classify the rows seen best (see the module docstring), counted over the rows every
+        rank has seen."""
+        counts = sum_over_ranks(torch.bincount(self.seen_labels, minlength=self.classes).double())
+        if not bool((counts > 0).all()):  # a class no rank has seen yet keeps its word
             return self.words
-        means = self.sums[:, self.allowed] / self.counts[:, None]  # [C, A]
-        gaps = torch.empty_like(means)
-        for label in range(len(means)):
-            others = torch.cat([means[:label], means[label + 1 :]])
-            gaps[label] = means[label] - others.max(0).values
-        chosen: dict[int, int] = {}
-        taken: set[int] = set()
-        for label in gaps.max(1).values.argsort(descending=True).tolist():  # the most separated class first
-            for column in gaps[label].argsort(descending=True).tolist():
-                token = int(self.allowed[column])
-                if token not in taken:
-                    chosen[label], taken = token, taken | {token}
-                    break
-        return [self.objective.tokenizer.decode([chosen[label]]) for label in range(len(means))]
+        rows = self.seen.float()
+        candidates = self.candidates(rows, counts)
+
+        def quality(combos: list[tuple[int, ...]]) -> torch.Tensor:
+            """[n, 2] (rows classified right, mean margin) of each combination, over every rank's rows."""
+            picked = rows[:, torch.tensor(combos).T]  # [N, C, n]
+            true = picked.gather(1, self.seen_labels[:, None, None].expand(-1, 1, len(combos)))[:, 0]
+            others = picked.scatter(1, self.seen_labels[:, None, None].expand(-1, 1, len(combos)), -torch.inf)
+            margin = true - others.max(1).values
+            return sum_over_ranks(torch.stack([(margin > 0).double().sum(0), margin.double().sum(0)], 1))
+
+        if self.classes <= 2:
+            combos = [c for c in itertools.product(*candidates) if len(set(c)) == self.classes]
+        else:  # coordinate ascent from the best of each class's list
+            best = tuple(column[0] for column in candidates)
+            for _ in range(2):
+                for label in range(self.classes):
+                    options = [best[:label] + (c,) + best[label + 1 :] for c in candidates[label]
+                               if c not in best[:label] + best[label + 1 :]]
+                    scores = quality(options)
+                    best = options[max(range(len(options)), key=lambda i: tuple(scores[i].tolist()))]
+            combos = [best]
+        scores = quality(combos)
+        chosen = combos[max(range(len(combos)), key=lambda i: tuple(scores[i].tolist()))]
+        return [self.objective.tokenizer.decode([int(self.allowed[column])]) for column in chosen]
+
+    def candidates(self, rows: torch.Tensor, counts: torch.Tensor) -> list[list[int]]:
+        """Per class, the `CANDIDATES` allowed columns with the largest gap of mean log-probabilities (`counts`:
+        each class's rows over every rank)."""
+        sums = sum_over_ranks(torch.stack([rows[self.seen_labels == label].double().sum(0)
+                                           for label in range(self.classes)]))
+        means = sums / counts[:, None]
+        gaps = torch.stack([means[c] - torch.cat([means[:c], means[c + 1 :]]).max(0).values
+                            for c in range(self.classes)])
+        return gaps.topk(min(CANDIDATES, gaps.shape[1]), dim=1).indices.tolist()
 
     def prompt(self) -> WholePrompt:
         return WholePrompt(self.objective.template, self.words, self.prompt_ids.tolist())
@@ -99,10 +123,10 @@ class LabelWordSearch:
         self.words = [starts.get(tuple(row), self.objective.tokenizer.decode(row)) for row in rows]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": self.sums.clone(), "counts": self.counts.clone()}
+        return {"seen": self.seen.clone(), "seen_labels": self.seen_labels.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sums, self.counts = state["sums"].clone(), state["counts"].clone()
+        self.seen, self.seen_labels = state["seen"].clone(), state["seen_labels"].clone()
 
 
 class LabelWordScores:

@@ -5,9 +5,9 @@ before it, a line break, `{text}`, `{prompt}`). Each step makes `edit_candidates
 beam — delete a phrase, swap two, add a phrase from the pool, replace one by a pool phrase — scores them and
 the beam exactly on the step's batch (the tokens at the slot and the label words fixed), and keeps the
 `edit_beam` best: the template in use is the best, and it never gets worse on the batch that judged it. The
-pool: the phrases (one to three words) of the task's instruction and of the template itself, and whole-word
-tokens ranked by the loss's gradient at the slot. `{text}` and `{prompt}` are never deleted or swapped.
-Step 0 is the user's own template.
+pool (`discovery.run` builds it): the phrases (one to three words) of the task's instruction and of the template
+itself, the whole instruction as a line, and whole-word tokens ranked by the loss's gradient at the slot.
+`{text}` and `{prompt}` are never deleted or swapped. Step 0 is the user's own template.
 
 Example:
     ```py

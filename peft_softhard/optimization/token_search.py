@@ -229,7 +229,7 @@ class Grow(EncoderSearch):
     def step(self, indices: list[int]) -> float:
         local = shard(indices)
         if not self.pool.numel():
-            self.pool = self.choose_pool(local)
+            self.pool = self.choose_pool(local, len(indices))
         if not self.racing:
             self.racing = self.candidates()
             self.sums, self.raced = torch.zeros(len(self.racing)), 0
@@ -267,13 +267,14 @@ class Grow(EncoderSearch):
         unique = {tuple(c.tolist()): c for c in candidates}  # the prompt in use stays first
         return list(unique.values())
 
-    def choose_pool(self, local: list[int]) -> torch.Tensor:
-        """[pool_size] the tokens this search appends and swaps in (see the class docstring)."""
+    def choose_pool(self, local: list[int], total: int) -> torch.Tensor:
+        """[pool_size] the tokens this search appends and swaps in (see the class docstring), from this rank's
+        share `local` of a global batch of `total` rows."""
         ranked = ranked_by_gradient(self.model, self.objective, self.ids, self.allowed, local,
-                                    4 * self.config.pool_size).cpu()
+                                    4 * self.config.pool_size, total).cpu()
         appended = [torch.cat([self.ids, token[None]]) for token in ranked]
-        losses = self.objective.candidate_losses(self.model, appended, local)
-        return ranked[losses.argsort()[: self.config.pool_size]]
+        losses = combine(self.objective.candidate_losses(self.model, appended, local), len(local), total)
+        return ranked[losses.cpu().argsort()[: self.config.pool_size]]
 
     def prompt(self) -> torch.Tensor:
         return self.ids.clone()
@@ -299,16 +300,19 @@ METHODS: dict[str, type[EncoderSearch]] = {"pez": PEZ, "psgd": ProjectedSGD, "gc
 
 
 def ranked_by_gradient(model: nn.Module, objective: Objective, ids: torch.Tensor, allowed: torch.Tensor,
-                       indices: list[int], count: int) -> torch.Tensor:
+                       indices: list[int], count: int, total: int | None = None) -> torch.Tensor:
     """[count] the allowed tokens whose first-order effect on `objective`'s loss on the examples `indices` is
     best when appended to the prompt `ids` [n]: −gradient · embedding at a placeholder there (the allowed
-    tokens' mean embedding)."""
+    tokens' mean embedding). `total`: `indices` are this rank's share of a global batch of that many rows (the
+    gradient is averaged over the ranks)."""
     embed = model.get_input_embeddings()
     allowed = allowed.to(module_device(model))
     placeholder = embed.weight[allowed].mean(0, keepdim=True).detach().requires_grad_(True)
     seen = torch.cat([embed(ids.to(allowed.device)).detach(), placeholder])
     with torch.enable_grad():
         (gradient,) = torch.autograd.grad(objective.loss(model, seen, indices), placeholder)
+    if total is not None:
+        gradient = combine(gradient, len(indices), total)
     ranked, _ = nearest_tokens(-gradient, embed, allowed, metric="dot", top_k=min(count, allowed.numel()))
     return ranked[0]
 
