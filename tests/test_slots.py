@@ -95,6 +95,23 @@ def test_cached_heads_equal_re_encoding_the_whole_rows(arch):
     torch.testing.assert_close(cached, literal, atol=1e-5, rtol=0)
 
 
+def test_a_slot_right_before_the_answer_runs_only_the_prompt_after_the_heads():
+    """With the slot right before each row's last token (a label word's), a tail is the prompt alone, and with no
+    prompt at all the heads' own last logits are the answer: both equal re-encoding the whole rows."""
+    model = build(CAUSAL["llama"])
+    rows = [row.tolist() for row in random_rows(LENGTHS)]
+    padded = pad_rows(rows, [[False] * (len(row) - 1) + [True] for row in rows], 0, [len(row) - 1 for row in rows])
+
+    def at_target(model, prompt, chunk):
+        return row_logits(model, prompt, chunk, positions=chunk.target_mask.long().argmax(1))[:, :50]
+
+    for prompts in ([torch.tensor([]).long()] * 3, [torch.tensor([11, 12]), torch.tensor([13]), torch.tensor([])]):
+        with torch.no_grad():
+            cached = candidate_target_log_probs(model, prompts, padded, reduce=at_target)
+            whole = candidate_target_log_probs(model, prompts, padded, reduce=at_target, reuse_heads=False)
+        torch.testing.assert_close(cached, whole, atol=1e-5, rtol=0)
+
+
 def test_heads_are_not_cached_where_reuse_is_not_tested_or_cannot_apply():
     _, padded = rows_with_slots()
     assert cache_heads(build(tiny_gemma3), padded) is None  # sliding-window layers

@@ -159,21 +159,26 @@ def _cache_argument(model: nn.Module) -> str:
 
 
 def _row_logits_after_heads(model: nn.Module, tails: TailsAfterHeads, rows: Rows, positions: torch.Tensor | None):
-    """`row_logits` for rows whose heads are cached: only [prompt; the rest of the row] is run."""
+    """`row_logits` for rows whose heads are cached: only [prompt; the rest of the row] is run — with `positions`,
+    only up to the token before each position (what comes after it cannot change its logits)."""
     device = module_device(model)
     offsets, lengths = rows.prompt_offsets, rows.attention_mask.sum(1)
-    width = int((lengths - offsets).max())
+    ends = lengths - offsets if positions is None else positions.cpu() - offsets  # the row tokens each tail needs
+    width = int(ends.max())
     columns = torch.arange(width)
-    valid = columns < (lengths - offsets)[:, None]
+    valid = columns < ends[:, None]
     source = (offsets[:, None] + columns).clamp(max=rows.input_ids.shape[1] - 1)
     tail_ids = rows.input_ids.gather(1, source).masked_fill(~valid, 0).to(device)
     batch = insert_prompts(tails.prompts, embed_ids(model, tail_ids), valid.long().to(device))
+    if positions is not None:  # the token at p >= offset follows its tail's last column (none: the head's last)
+        predecessors = batch.attention_mask.sum(1).cpu() - 1  # tails are right-padded: their last real column
+        if batch.inputs_embeds.shape[1] == 0:  # no prompt and nothing before the targets: the heads predict them
+            return tails.last_logits
     mask, tail_positions = positions_after_heads(tails.head_mask, batch.attention_mask)
     extra = {"position_ids": tail_positions} if accepts_argument(model, "position_ids") else {}
     inputs = {"inputs_embeds": batch.inputs_embeds, "attention_mask": mask, "use_cache": True,
               _cache_argument(model): tails.cache, **extra}
-    if positions is not None:  # a row token at p >= offset sits at tail column p - offset
-        predecessors = batch.predecessor_columns(positions.cpu() - offsets)
+    if positions is not None:
         chosen = logits_at(model, predecessors.clamp_min(0).to(device), **inputs)
         return torch.where((predecessors < 0).to(device)[:, None], tails.last_logits.to(chosen.dtype), chosen)
     logits = model(**inputs).logits

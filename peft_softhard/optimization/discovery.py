@@ -89,7 +89,8 @@ class DiscoveryConfig(LoopConfig):
     edit_steps: int = field(default=4, metadata={"help": "Template-edit steps."})
     batch_size: int = field(default=16, metadata={"help": "Training examples per step."})
     eval_interval: int = field(
-        default=4, metadata={"help": "Score the prompt in use every this many steps (grow: each round's choice)."})
+        default=20, metadata={"help": "Score the prompt in use every this many steps (and at each stage's end; grow: "
+                              "after every round of race_steps)."})
     optimizer: str = field(default="adafactor", metadata={"help": "PEZ, projected SGD: 'adafactor' or 'adamw'."})
     lr: float = field(default=0.3, metadata={"help": "Learning rate (PEZ, projected SGD)."})
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the continuous prompt (PEZ)."})
@@ -348,7 +349,8 @@ class _Pipeline:
                 record = StageRecord(**saved["record"])
                 return record, self._prompt_from(record.prompt, current)
         remaining = None if config.max_seconds is None else config.max_seconds - self.seconds
-        loop = dataclasses.replace(config, steps=steps, max_seconds=remaining)
+        every = config.race_steps if name == "tokens" and self.method == "grow" else config.eval_interval
+        loop = dataclasses.replace(config, steps=steps, max_seconds=remaining, eval_interval=every)
         objective = self.objective_for(current) if isinstance(current, WholePrompt) else self.objective
         score = self.score if name != "tokens" or not isinstance(current, WholePrompt) else (
             lambda ids: self.score(WholePrompt(current.template, current.label_words, ids.tolist())))
