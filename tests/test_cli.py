@@ -141,7 +141,9 @@ def test_discover_tokens_in_front(capsys, files, tmp_path, method):
                       "--stages", "tokens", "--placement", "prefix", "--num-virtual-tokens", "3", "--steps", "3",
                       "--eval-interval", "3", "--batch-size", "4", "--top-k", "8", "--candidates", "4",
                       "--output-dir", str(tmp_path))
-    assert result["template"] == "{prompt} {text}. It was" and result["round_trips"] is True
+    # the tokens go in front when the search keeps them; otherwise the user's template stays as it was
+    assert result["template"] == ("{prompt} {text}. It was" if result["token_ids"] else " {text}. It was")
+    assert result["round_trips"] is True
     assert (tmp_path / "prompt.txt").read_text() == result["prompt"]
     if result["token_ids"]:  # tokens in front of the unchanged template: also a SOFTHARD adapter
         assert len(result["token_ids"]) == 3 and (tmp_path / "adapter" / "adapter_model.safetensors").exists()

@@ -128,7 +128,7 @@ def test_templates_place_the_slot_and_encode_segments(gpt2_tokenizer):
     assert place_slot(template, "end") == "Review: {text}\nSentiment:{prompt}"
     assert place_slot(template, "prefix") == "{prompt}Review: {text}\nSentiment:"
     assert place_slot(template, "after_text") == "Review: {text}{prompt}\nSentiment:"
-    assert place_slot(template, "before_answer_cue") == "Review: {text}\n{prompt}Sentiment:"
+    assert place_slot(template, "before_answer_cue") == "Review: {text}\n{prompt} Sentiment:"  # the cue a word
     assert place_slot("{text} It was", "before_answer_cue") == "{text}{prompt} It was"  # no line: after the text
     assert place_slot("A {prompt}{text}", "end") == "A {prompt}{text}"  # the user's own slot is kept
     for bad in ("no text here", "{text}{text}", "{prompt}{text}{prompt}"):

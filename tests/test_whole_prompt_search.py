@@ -75,7 +75,7 @@ def test_label_words_are_the_tokens_that_separate_the_classes(bigram):
     expected = [WordTokenizer().decode([successor[a]]), WordTokenizer().decode([successor[b]])]
     assert result.label_words == expected
     assert result.start_score == 0.5 and result.best_score == 1.0
-    assert result.stages[0].kept and result.template == "{text}{prompt}" and result.token_ids == []
+    assert result.stages[0].kept and result.template == "{text}" and result.token_ids == []  # no slot: no tokens
 
 
 def test_growth_finds_the_planted_token_that_makes_the_target(bigram):
@@ -112,7 +112,7 @@ def test_template_edits_delete_the_phrase_that_hides_the_text(bigram):
     objective = bigram_task(a, b, template="{text} w7", words=words)  # the label follows w7, whatever the text
     result = run(model, objective, quick(stages=["template_edits"]))
     assert result.start_score == 0.5
-    assert result.template == "{text}{prompt}" and result.best_score == 1.0 and result.stages[0].kept
+    assert result.template == "{text}" and result.best_score == 1.0 and result.stages[0].kept
 
 
 def test_phrases_and_edits_keep_the_text_and_the_slot():
@@ -129,7 +129,7 @@ def test_a_stage_that_does_not_win_on_validation_is_not_kept(bigram):
     result = run(model, objective, quick())
     assert result.best_score == result.start_score == 1.0
     assert [stage.kept for stage in result.stages] == [False, False, False]
-    assert result.whole_prompt == WholePrompt("{text}{prompt}", words, [])
+    assert result.whole_prompt == WholePrompt("{text}", words, [])  # the user's own prompt, unchanged
 
 
 def test_the_pipeline_resumes_where_it_was_interrupted(bigram, tmp_path, monkeypatch):

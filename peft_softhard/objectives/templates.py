@@ -27,8 +27,9 @@ PROMPT = "{prompt}"
 
 # Where a search puts its tokens when the template has no `{prompt}`: in front of everything ("prefix", the
 # peft layout), right after the example's text ("after_text", AutoPrompt's `{sentence} [T][T][T] [P]`), at
-# the start of the template's last line ("before_answer_cue": `...\n{prompt}Sentiment:`), or at the very end,
-# right before the answer ("end": `...Sentiment:{prompt}`, RLPrompt's `{x} VERY Absolutely [MASK]`).
+# the start of the template's last line ("before_answer_cue": `...\n{prompt} Sentiment:`, a space after the
+# tokens so that the cue stays a word of its own), or at the very end, right before the answer ("end":
+# `...Sentiment:{prompt}`, RLPrompt's `{x} VERY Absolutely [MASK]`).
 PLACEMENTS = ("prefix", "after_text", "before_answer_cue", "end")
 
 
@@ -55,7 +56,8 @@ def place_slot(template: str, placement: str) -> str:
     after = template.index(TEXT) + len(TEXT)
     if placement == "before_answer_cue" and "\n" in template[after:]:  # the start of the last line after the text
         cue = template.rindex("\n") + 1
-        return template[:cue] + PROMPT + template[cue:]
+        space = " " if template[cue:cue + 1].isalnum() else ""  # whole-word tokens: the cue stays a word of its own
+        return template[:cue] + PROMPT + space + template[cue:]
     return template[:after] + PROMPT + template[after:]
 
 

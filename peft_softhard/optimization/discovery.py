@@ -295,8 +295,7 @@ class _Pipeline:
                               "words (a ClassificationObjective): skipped")
         if not stages:
             raise ValueError("No stage of this search applies to this objective: include 'tokens' in stages.")
-        if whole:
-            self.objective = self.objective.replace(template=place_slot(self.objective.template, config.placement))
+        if whole:  # the user's own prompt: their template (the tokens' slot goes in with the tokens stage)
             current: Any = WholePrompt(self.objective.template, self.objective.label_words, [])
             start_score = self.score(current)
         else:  # no prompt of the user's to start from: the token search's own start is its step 0
@@ -338,8 +337,10 @@ class _Pipeline:
 
     # ------------------------------------------------------------------------------------------------ stages
     def stage(self, name: str, current: Any, current_score: float) -> tuple[StageRecord, Any]:
-        """Run one stage from `current`; (its record, its best prompt)."""
+        """Run one stage from `current` (which scores `current_score`); (its record, its best prompt)."""
         config = self.config
+        if name == "tokens" and isinstance(current, WholePrompt):  # the slot for the tokens (its step 0: empty)
+            current = WholePrompt(self.placed(current.template), current.label_words, current.token_ids)
         steps = {"label_words": config.label_steps, "tokens": config.steps, "template_edits": config.edit_steps}[name]
         outcome = self._stage_dir(name) / "outcome.json" if self.checkpoint_dir else None
         if self.resume and outcome is not None and outcome.exists():  # finished before an interruption
@@ -422,9 +423,13 @@ class _Pipeline:
         tokens, a template's slot; pez in front)."""
         if self.config.method != "auto":
             return self.config.method
-        at_slot = isinstance(self.objective, ClassificationObjective) and not self.objective.template.startswith(
-            "{prompt}")
+        at_slot = isinstance(self.objective, ClassificationObjective) and not self.placed(
+            self.objective.template).startswith("{prompt}")
         return "grow" if at_slot else "pez"
+
+    def placed(self, template: str) -> str:
+        """`template` with the tokens' slot where `config.placement` says (a template's own slot stays)."""
+        return place_slot(template, self.config.placement)
 
     def _allowed(self) -> torch.Tensor:
         """The token ids a search may use (the prompt's vocabulary constraints)."""
