@@ -196,3 +196,19 @@ def test_label_words_are_scored_from_one_validation_forward_exactly(gpt2_tokeniz
     assert scores.covers(WholePrompt(start.template, [" bad", " good"], start.token_ids))
     assert not scores.covers(WholePrompt(start.template, [" unremarkable", " good"], start.token_ids))  # two tokens
     assert not scores.covers(WholePrompt(start.template, [" bad", " good"], []))  # another prompt
+
+
+def test_the_search_starts_from_the_users_own_template(gpt2_tokenizer):
+    """Step 0 is the user's prompt exactly: their template tokenized whole, not its segments around an empty slot
+    (which a tokenizer may split differently); the slot goes in with the tokens stage."""
+    model = build(lambda: tiny_gpt2(initializer_range=0.3))
+    texts, labels = [" good", " great", " bad", " awful", " fine", " dull"], [1, 1, 0, 0, 1, 0]
+    objective = ClassificationObjective(gpt2_tokenizer, texts, labels, template="Review:{text}\nSentiment:",
+                                        label_words=[" no", " yes"], held_out_texts=texts, held_out_labels=labels)
+    result = run(model, objective, quick(stages=["tokens"], placement="before_answer_cue", whole_words=False))
+    with torch.no_grad():
+        assert result.start_score == objective.score(model, torch.tensor([], dtype=torch.long))
+    (stage,) = result.stages
+    assert stage.start_score == result.start_score
+    assert stage.prompt["template"] == "Review:{text}\n{prompt} Sentiment:"
+    assert result.template == (stage.prompt["template"] if stage.kept else objective.template)
