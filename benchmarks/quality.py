@@ -5,8 +5,11 @@ and the eval split, which chose nothing, is scored once per budget by the chosen
 - template: the task's own template alone (`{text} . It was`; AG News `{text} It was about`), zero-shot;
 - manual: the hand-written template alone (`Review: {text}\\nSentiment:`, `Article: {text}\\nTopic:`);
 - soft: our soft prompt with `softhard train`'s defaults (AdamW 3e-2, starting from the task's instruction);
-- discover: `softhard discover`'s default search (PEZ, Adafactor 0.3, from the instruction; whole-word tokens
-  that round-trip, so that the prompt is its text);
+- discover: PEZ in front (Adafactor 0.3, from the instruction; whole-word tokens that round-trip, so that the
+  prompt is its text): `softhard discover`'s default search until the whole-prompt search;
+- whole, labels, grow, edits: `softhard discover`'s default now (label words -> tokens grown at the end ->
+  template edits, from the manual template; the budget shared a fifth each to labels and edits), and each of its
+  search spaces alone at the same budget; whole on both tasks, then seeds 1-2 on SST-2 at 3,200;
 - pez_reference: the PEZ reference preset (Adafactor 0.3, label-word init, the task's own template, as the
   PEZ language-model code), here with this benchmark's validation rows and budgets;
 - gcg: GCG (32 candidates of one swap, a buffer of 4) from the instruction, for discover's wall time;
@@ -17,7 +20,7 @@ and the eval split, which chose nothing, is scored once per budget by the chosen
 - distill: soft-to-hard distillation: PEZ (discover's settings) on KL(the soft prompt's class distribution ||
   the hard prompt's) over training rows, from the soft prompt's vectors (its reading), the soft prompt being
   the soft row's chosen prompt at the same seed and budget; its examples count the soft prompt's too.
-Every prompt but pez_reference goes in front of the manual template. Budgets are examples seen (steps x 16):
+Every prompt but pez_reference and the whole-prompt rows goes in front of the manual template. Budgets are examples seen (steps x 16):
 800 and 3,200 for every row, 12,800 for soft and discover (SST-2, second seed), 3 seeds at 3,200 for soft,
 discover and pez_reference on SST-2. A budget continues the previous one's run (constant learning rates, so
 the 3,200 run passes through the 800 one): its number is the best prompt of the steps up to that budget.
