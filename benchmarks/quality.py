@@ -20,14 +20,14 @@ and the eval split, which chose nothing, is scored once per budget by the chosen
 - distill: soft-to-hard distillation: PEZ (discover's settings) on KL(the soft prompt's class distribution ||
   the hard prompt's) over training rows, from the soft prompt's vectors (its reading), the soft prompt being
   the soft row's chosen prompt at the same seed and budget; its examples count the soft prompt's too.
-Every prompt but pez_reference and the whole-prompt rows goes in front of the manual template. Budgets are examples seen (steps x 16):
-800 and 3,200 for every row, 12,800 for soft and discover (SST-2, second seed), 3 seeds at 3,200 for soft,
-discover and pez_reference on SST-2. A budget continues the previous one's run (constant learning rates, so
-the 3,200 run passes through the 800 one): its number is the best prompt of the steps up to that budget.
-Eval splits: SST-2's full dev set (872 rows); AG News' official test set, a seeded class-balanced 2,000 rows.
-Each SST-2 hard prompt is also scored as text with the other template (transfer). The refine and distill
-rows run after the rest, on the (task, seed, budget) of each plan's `extra` list (the seeds whose discover and
-soft runs end at that budget).
+Every prompt but pez_reference and the whole-prompt rows goes in front of the manual template. Budgets are
+examples seen (steps x 16): 800 and 3,200 for every row, 12,800 for soft and discover (SST-2, second seed), 3
+seeds at 3,200 for soft, discover and pez_reference on SST-2. A budget continues the previous one's run (constant
+learning rates, so the 3,200 run passes through the 800 one): its number is the best prompt of the steps up to
+that budget. Eval splits: SST-2's full dev set (872 rows); AG News' official test set, a seeded class-balanced
+2,000 rows. Each SST-2 hard prompt is also scored as text with the other template (transfer). The refine and
+distill rows run after the rest, on the (task, seed, budget) of each plan's `extra` list (the seeds whose discover
+and soft runs end at that budget).
 
     python benchmarks/quality.py            # everything: about 8-9 hours on 2 cores, resumable
     python benchmarks/quality.py --quick    # small subsets, one seed (minutes)
