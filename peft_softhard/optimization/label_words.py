@@ -82,19 +82,19 @@ class LabelWordSearch:
             margin = true - others.max(1).values
             return sum_over_ranks(torch.stack([(margin > 0).double().sum(0), margin.double().sum(0)], 1))
 
+        def best_of(combos: list[tuple[int, ...]]) -> tuple[int, ...]:
+            scores = quality(combos)
+            return combos[max(range(len(combos)), key=lambda i: tuple(scores[i].tolist()))]
+
         if self.classes <= 2:
-            combos = [c for c in itertools.product(*candidates) if len(set(c)) == self.classes]
+            chosen = best_of([c for c in itertools.product(*candidates) if len(set(c)) == self.classes])
         else:  # coordinate ascent from the best of each class's list
-            best = tuple(column[0] for column in candidates)
+            chosen = tuple(column[0] for column in candidates)
             for _ in range(2):
                 for label in range(self.classes):
-                    options = [best[:label] + (c,) + best[label + 1 :] for c in candidates[label]
-                               if c not in best[:label] + best[label + 1 :]]
-                    scores = quality(options)
-                    best = options[max(range(len(options)), key=lambda i: tuple(scores[i].tolist()))]
-            combos = [best]
-        scores = quality(combos)
-        chosen = combos[max(range(len(combos)), key=lambda i: tuple(scores[i].tolist()))]
+                    others = chosen[:label] + chosen[label + 1 :]
+                    chosen = best_of([chosen[:label] + (c,) + chosen[label + 1 :] for c in candidates[label]
+                                      if c not in others])
         return [self.objective.tokenizer.decode([int(self.allowed[column])]) for column in chosen]
 
     def candidates(self, rows: torch.Tensor, counts: torch.Tensor) -> list[list[int]]:
