@@ -9,7 +9,7 @@ and the eval split, which chose nothing, is scored once per budget by the chosen
   prompt is its text): `softhard discover`'s default search until the whole-prompt search;
 - whole, labels, grow, edits: `softhard discover`'s default now (label words -> tokens grown at the end ->
   template edits, from the manual template; the budget shared a fifth each to labels and edits), and each of its
-  search spaces alone at the same budget; whole on both tasks, then seeds 1-2 on SST-2 at 3,200;
+  search spaces alone at the same budget; whole on SST-2 (seeds 0-2 at 3,200), then AG News;
 - pez_reference: the PEZ reference preset (Adafactor 0.3, label-word init, the task's own template, as the
   PEZ language-model code), here with this benchmark's validation rows and budgets;
 - gcg: GCG (32 candidates of one swap, a buffer of 4) from the instruction, for discover's wall time;
@@ -80,6 +80,7 @@ LABELS = {
 # the whole-prompt rows: discover's default pipeline, and each of its search spaces alone (`DiscoveryConfig.stages`)
 WHOLE = {"whole": ["label_words", "tokens", "template_edits"], "labels": ["label_words"], "grow": ["tokens"],
          "edits": ["template_edits"]}
+STAGE_NAMES = {"label_words": "label words", "tokens": "tokens at the end", "template_edits": "template edits"}
 HARD = ("discover", "pez_reference", "gcg", "refine", "distill", *WHOLE)
 # discover's default until 0.1: PEZ in front of the template, Adafactor 0.3, from the task's instruction
 PEZ_IN_FRONT = {"stages": ["tokens"], "placement": "prefix", "method": "pez", "lr": 0.3, "optimizer": "adafactor",
@@ -143,10 +144,11 @@ def plan_stages(plan: dict) -> list[tuple[Row, int]]:
     long_seed = (others or [first])[0]
     stages += [(Row("sst2", m, long_seed), plan["long_budget"]) for m in ("soft", "discover")]
     stages += [(Row(task, method, seed), budget) for task, method, seed, budget in plan.get("extra", [])]
-    # the whole-prompt searches (issue 30): discover's default first, on both tasks, then its seeds, then each
-    # search space alone
-    stages += [(Row(task, "whole", first), budget) for task in ("sst2", "ag_news") for budget in budgets]
+    # the whole-prompt searches (issue 30): discover's default first, SST-2 with its seeds, then AG News, then
+    # each search space alone
+    stages += [(Row("sst2", "whole", first), budget) for budget in budgets]
     stages += [(Row("sst2", "whole", seed), budgets[-1]) for seed in others]
+    stages += [(Row("ag_news", "whole", first), budget) for budget in budgets]
     stages += [(Row(task, method, first), budget) for method in ("labels", "grow", "edits")
                for task in ("sst2", "ag_news") for budget in budgets]
     return stages
@@ -474,8 +476,19 @@ def markdown(records: dict, summary: list[dict], plan: dict, missing: list[str],
                   "| task | method | seed | examples | eval % | transfer % | perplexity | text |",
                   "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['task']} | {r['method']} | {r['seed']} | {r['budget']:,} | {100 * r['eval']:.1f} | "
-                  f"{_percent(r.get('transfer'))} | {r['perplexity'] and round(r['perplexity'])} | `{r['text']!r}` |"
+                  f"{_percent(r.get('transfer'))} | {r['perplexity'] and round(r['perplexity'])} | {_prompt_text(r)} |"
                   for r in hard]
+        lines.append("")
+    staged = [r for r in hard if r.get("stages")]
+    if staged:
+        lines += ["**The whole-prompt searches, stage by stage** (validation % at the stage's start → its best; a "
+                  "stage is kept only if its best beats its start; the stage's seconds, validation included):", "",
+                  "| task | method | seed | examples | " + " | ".join(STAGE_NAMES.values()) + " |",
+                  "|---|---|---|---|" + "---|" * len(STAGE_NAMES)]
+        for r in staged:
+            done = {stage["stage"]: stage for stage in r["stages"]}
+            lines.append(f"| {r['task']} | {r['method']} | {r['seed']} | {r['budget']:,} | " + " | ".join(
+                _stage_cell(done.get(name)) for name in STAGE_NAMES) + " |")
         lines.append("")
     if paired:
         lines += ["**Against the manual prompt** (eval accuracy minus the manual template's, on the same rows, in "
@@ -489,6 +502,20 @@ def markdown(records: dict, summary: list[dict], plan: dict, missing: list[str],
     if missing:
         lines.append(f"Not run yet: {', '.join(missing)}.")
     return "\n".join(lines)
+
+
+def _stage_cell(stage: dict | None) -> str:
+    if stage is None:
+        return "—"
+    kept = "kept" if stage["kept"] else "not kept"
+    return (f"{100 * stage['start_score']:.1f} → {100 * stage['best_score']:.1f}, {kept} ({stage['steps']} steps, "
+            f"{stage['seconds']:.0f} s)")
+
+
+def _prompt_text(record: dict) -> str:
+    """A hard prompt's text; a whole prompt's with the label words it is read for."""
+    words = record.get("label_words")
+    return f"`{record['text']!r}`" + (f" → {' / '.join(f'`{w!r}`' for w in words)}" if words else "")
 
 
 def _cell(summary: dict | None) -> str:
