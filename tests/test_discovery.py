@@ -166,6 +166,15 @@ def test_invalid_discovery_settings_are_refused():
             DiscoveryConfig(**kwargs)
 
 
+def test_auto_resolves_to_grow_at_a_slot_and_pez_in_front():
+    template = "Review: {text}\nSentiment:"
+    assert DiscoveryConfig().token_method(template) == "grow"  # the default placement: the end slot
+    assert DiscoveryConfig(placement="prefix").token_method(template) == "pez"
+    assert DiscoveryConfig().token_method("{prompt}Review: {text}\nSentiment:") == "pez"  # the template's own slot
+    assert DiscoveryConfig().token_method(None) == "pez"  # rows without a template (a corpus)
+    assert DiscoveryConfig(method="gcg").token_method(template) == "gcg"
+
+
 def test_discovered_text_round_trips_with_the_real_gpt2_tokenizer(gpt2_tokenizer):
     texts = [" good", " great", " fine", " bad", " awful", " poor"]
     objective = ClassificationObjective(gpt2_tokenizer, texts, [1, 1, 1, 0, 0, 0], template="{text}. It was",

@@ -13,7 +13,7 @@ from peft_softhard import ClassificationObjective, DiscoveryConfig, SoftHardConf
 from peft_softhard.method.encoder import SoftHardPromptEncoder
 from peft_softhard.objectives.templates import WholePrompt
 from peft_softhard.optimization.loop import frozen
-from peft_softhard.optimization.template_edits import phrase_pool, split_phrases
+from peft_softhard.optimization.template_edits import edit_pool, phrase_pool, split_phrases
 from peft_softhard.optimization.token_search import Grow
 from peft_softhard.testing import bigram_llama, build, tiny_gpt2
 
@@ -120,6 +120,8 @@ def test_phrases_and_edits_keep_the_text_and_the_slot():
     assert split_phrases(template) == ["Review:", " ", "{text}", "\n", "{prompt}", "Sentiment:"]
     assert phrase_pool("Classify the review.", longest=2) == [" Classify", " the", " review.", " Classify the",
                                                               " the review."]
+    pool = edit_pool("Rate it.", "{text} Score:", [" great"])  # phrases, the instruction as a line, the words
+    assert pool == [" Rate", " it.", " Rate it.", " Score:", "Rate it.\n", " great"]
 
 
 def test_a_stage_that_does_not_win_on_validation_is_not_kept(bigram):

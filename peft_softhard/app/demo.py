@@ -53,7 +53,8 @@ def run_demo(args: Any, search: DiscoveryConfig) -> dict:
     soft_model, soft = train_soft(model, tokenizer, objective, output / "soft", args.soft_steps, args.soft_batch_size,
                                   args.seed, show_progress=not quiet, task=task)
     soft_vectors = soft_model.prompt_encoder["default"].prompt_embeddings().detach()  # the best step's
-    say(f"[2/4] discovering a hard prompt: stages {', '.join(search.stages)}; tokens ({search.method}) at the "
+    token_search = search.token_method(task.manual_template)
+    say(f"[2/4] discovering a hard prompt: stages {', '.join(search.stages)}; tokens ({token_search}) at the "
         f"template's {search.placement}")
     hard = discover_hard(model, tokenizer, objective, output / "hard", search)
     found = hard.whole_prompt

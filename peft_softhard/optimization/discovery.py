@@ -44,10 +44,10 @@ from ..method.encoder import SoftHardPromptEncoder
 from ..method.projection import module_device
 from ..objectives import ClassificationObjective, Objective
 from ..objectives.fluency import perplexity, prompt_lm_losses
-from ..objectives.templates import PLACEMENTS, WholePrompt, place_slot
+from ..objectives.templates import PLACEMENTS, PROMPT, WholePrompt, place_slot
 from .label_words import LabelWordScores, LabelWordSearch
 from .loop import LoopConfig, check_positive_ints, frozen, optimize
-from .template_edits import TemplateEdits, phrase_pool
+from .template_edits import TemplateEdits, edit_pool
 from .token_search import METHODS, ranked_by_gradient, read_back, start_from_vectors
 
 logger = logging.getLogger(__name__)
@@ -133,6 +133,15 @@ class DiscoveryConfig(LoopConfig):
             raise ValueError(f"refine_share must be in (0, 1], got {self.refine_share!r}.")
         if not 0.0 <= self.fluency_weight < 1.0:
             raise ValueError(f"fluency_weight must be in [0, 1), got {self.fluency_weight}.")
+
+    def token_method(self, template: str | None) -> str:
+        """The token search this config runs on a task with `template` (None: rows without one, a corpus):
+        `method`, or for "auto" grow where the tokens go after some of each row's tokens (a slot in the template),
+        pez in front of the rows."""
+        if self.method != "auto":
+            return self.method
+        at_slot = template is not None and not place_slot(template, self.placement).startswith(PROMPT)
+        return "grow" if at_slot else "pez"
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> DiscoveryConfig:
@@ -398,12 +407,10 @@ class _Pipeline:
         if name == "label_words":
             return lambda restart: LabelWordSearch(model, objective, ids, self._allowed())
         if name == "template_edits":
-            pool = phrase_pool(objective.instruction, objective.template)
-            if objective.instruction:  # the whole instruction as a line of its own (GrIPS adds whole phrases too)
-                pool.append(objective.instruction.strip() + "\n")
             gradient_tokens = ranked_by_gradient(model, objective, ids, self._allowed(), list(range(
                 min(config.batch_size, objective.num_train))), config.edit_candidates)
-            pool += [self.tokenizer.decode([token]) for token in gradient_tokens.tolist()]
+            pool = edit_pool(objective.instruction, objective.template,
+                             [self.tokenizer.decode([token]) for token in gradient_tokens.tolist()])
             return lambda restart: TemplateEdits(model, objective, ids, pool, config.edit_beam, config.edit_candidates,
                                                  config.seed)
 
@@ -419,13 +426,9 @@ class _Pipeline:
 
     @property
     def method(self) -> str:
-        """The token search `config.method` names ("auto": grow where the tokens go after some of each row's
-        tokens, a template's slot; pez in front)."""
-        if self.config.method != "auto":
-            return self.config.method
-        at_slot = isinstance(self.objective, ClassificationObjective) and not self.placed(
-            self.objective.template).startswith("{prompt}")
-        return "grow" if at_slot else "pez"
+        """The token search this run uses (`DiscoveryConfig.token_method`)."""
+        template = self.objective.template if isinstance(self.objective, ClassificationObjective) else None
+        return self.config.token_method(template)
 
     def placed(self, template: str) -> str:
         """`template` with the tokens' slot where `config.placement` says (a template's own slot stays)."""

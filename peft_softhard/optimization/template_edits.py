@@ -5,14 +5,14 @@ before it, a line break, `{text}`, `{prompt}`). Each step makes `edit_candidates
 beam — delete a phrase, swap two, add a phrase from the pool, replace one by a pool phrase — scores them and
 the beam exactly on the step's batch (the tokens at the slot and the label words fixed), and keeps the
 `edit_beam` best: the template in use is the best, and it never gets worse on the batch that judged it. The
-pool (`discovery.run` builds it): the phrases (one to three words) of the task's instruction and of the template
-itself, the whole instruction as a line, and whole-word tokens ranked by the loss's gradient at the slot.
+pool (`edit_pool`): the phrases (one to three words) of the task's instruction and of the template itself, the
+whole instruction as a line, and whole-word tokens ranked by the loss's gradient at the slot.
 `{text}` and `{prompt}` are never deleted or swapped. Step 0 is the user's own template.
 
 Example:
     ```py
-    >>> search = TemplateEdits(model, objective, prompt_ids, pool=phrase_pool("Classify the sentiment."),
-    ...                        beam=4, candidates=16, seed=0)  # doctest: +SKIP
+    >>> pool = edit_pool("Classify the sentiment.", objective.template, words=[" great", " awful"])  # doctest: +SKIP
+    >>> search = TemplateEdits(model, objective, prompt_ids, pool, beam=4, candidates=16, seed=0)  # doctest: +SKIP
     ```
 """
 
@@ -48,6 +48,16 @@ def phrase_pool(*texts: str | None, longest: int = 3) -> list[str]:
         for size in range(1, longest + 1):
             pool += [" " + " ".join(words[i : i + size]) for i in range(len(words) - size + 1)]
     return list(dict.fromkeys(pool))
+
+
+def edit_pool(instruction: str | None, template: str, words: list[str]) -> list[str]:
+    """GrIPS's pool: the phrases of the instruction and the template (`phrase_pool`), the whole instruction as a
+    line of its own (GrIPS adds whole phrases too), and `words` (whole-word tokens ranked by the loss's gradient
+    at the slot)."""
+    pool = phrase_pool(instruction, template)
+    if instruction:
+        pool.append(instruction.strip() + "\n")
+    return pool + words
 
 
 class TemplateEdits:
