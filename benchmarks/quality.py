@@ -9,7 +9,8 @@ and the eval split, which chose nothing, is scored once per budget by the chosen
   prompt is its text): `softhard discover`'s default search until the whole-prompt search;
 - whole, labels, grow, edits: `softhard discover`'s default now (label words -> tokens grown at the end ->
   template edits, from the manual template; the budget shared a fifth each to labels and edits), and each of its
-  search spaces alone at the same budget; whole on SST-2 (seeds 0-2 at 3,200), then AG News;
+  search spaces alone at the same budget; whole on SST-2 (seeds 0-2 at 3,200), then AG News, then each space
+  alone at 800 on both tasks, then at 3,200;
 - pez_reference: the PEZ reference preset (Adafactor 0.3, label-word init, the task's own template, as the
   PEZ language-model code), here with this benchmark's validation rows and budgets;
 - gcg: GCG (32 candidates of one swap, a buffer of 4) from the instruction, for discover's wall time;
@@ -149,8 +150,9 @@ def plan_stages(plan: dict) -> list[tuple[Row, int]]:
     stages += [(Row("sst2", "whole", first), budget) for budget in budgets]
     stages += [(Row("sst2", "whole", seed), budgets[-1]) for seed in others]
     stages += [(Row("ag_news", "whole", first), budget) for budget in budgets]
-    stages += [(Row(task, method, first), budget) for method in ("labels", "grow", "edits")
-               for task in ("sst2", "ag_news") for budget in budgets]
+    # each space alone at the smallest budget on both tasks first: a sitting cut short still has every space
+    stages += [(Row(task, method, first), budget) for budget in budgets for method in ("labels", "grow", "edits")
+               for task in ("sst2", "ag_news")]
     return stages
 
 
