@@ -30,7 +30,7 @@ class-balanced 2,000 rows. Each SST-2 hard prompt is also scored as text with th
 and distill rows run after the rest, on the (task, seed, budget) of each plan's `extra` list (the seeds whose
 discover and soft runs end at that budget).
 
-    python benchmarks/quality.py            # everything: about 16 hours on 2 cores, resumable
+    python benchmarks/quality.py            # everything: about 18 hours on 2 cores, resumable
     python benchmarks/quality.py --quick    # small subsets, one seed (minutes)
     python benchmarks/quality.py --tiny     # a tiny random GPT-2 (the test suite's smoke run)
 
