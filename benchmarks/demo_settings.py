@@ -61,9 +61,9 @@ def settings_rows(data, rows: int, task=None):
 
 
 def main() -> None:
-    from peft_softhard.app.cli import parse_args
+    from peft_softhard.app.demo import DemoConfig
 
-    demo = parse_args(["demo"])  # the demo's own rows: the settings are compared on them
+    demo = DemoConfig()  # the demo's own rows: the settings are compared on them
     options = parser(__doc__.split("\n\n")[0], RESULTS, "unused")
     options.add_argument("--only", action="append", default=[],
                          help="only the settings whose name starts with this (repeatable)")

@@ -90,6 +90,6 @@ def softhard(capsys, *argv: str) -> dict:
 
 
 # The demo's budgets, as small as they go (a tiny model or a smoke run): the soft prompt and the hard search.
-TINY_DEMO = ["--soft-steps", "2", "--soft-batch-size", "4", "--steps", "2", "--label-steps", "1", "--edit-steps", "1",
-             "--batch-size", "4", "--eval-interval", "1", "--pool-size", "4", "--race-steps", "1", "--edit-candidates",
-             "2"]
+TINY_DEMO = ["--soft-steps", "1", "--soft-batch-size", "4", "--steps", "1", "--label-steps", "1", "--edit-steps", "1",
+             "--batch-size", "4", "--eval-interval", "1", "--pool-size", "2", "--race-steps", "1", "--edit-beam", "1",
+             "--edit-candidates", "1"]

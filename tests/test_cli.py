@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import zipfile
 
 import numpy as np
@@ -136,7 +137,8 @@ def test_an_ensemble_of_adapters_for_different_task_types_is_refused(capsys, fil
 
 
 @pytest.mark.parametrize("method", ["pez", "gcg"])
-def test_discover_tokens_in_front(capsys, files, tmp_path, method):
+def test_discover_tokens_in_front(capsys, caplog, files, tmp_path, method):
+    caplog.set_level(logging.WARNING, logger="peft_softhard")
     result = softhard(capsys, "discover", "--model", str(files / "tiny-gpt2"), *task_args(files), "--method", method,
                       "--stages", "tokens", "--placement", "prefix", "--num-virtual-tokens", "3", "--steps", "3",
                       "--eval-interval", "3", "--batch-size", "4", "--top-k", "8", "--candidates", "4",
@@ -144,6 +146,8 @@ def test_discover_tokens_in_front(capsys, files, tmp_path, method):
     # the tokens go in front when the search keeps them; otherwise the user's template stays as it was
     assert result["template"] == ("{prompt} {text}. It was" if result["token_ids"] else " {text}. It was")
     assert result["round_trips"] is True
+    # the manual start (the template's words: ". It was") keeps the tokens whole words allow, so nothing warns
+    assert not [r.getMessage() for r in caplog.records if "allowed vocabulary" in r.getMessage()]
     assert (tmp_path / "prompt.txt").read_text() == result["prompt"]
     if result["token_ids"]:  # tokens in front of the unchanged template: also a SOFTHARD adapter
         assert len(result["token_ids"]) == 3 and (tmp_path / "adapter" / "adapter_model.safetensors").exists()
@@ -170,8 +174,8 @@ def test_discover_searches_the_whole_prompt_and_eval_scores_its_file(capsys, fil
 
 
 def test_the_command_line_runs_the_python_defaults():
-    """One definition: `softhard discover`, `softhard demo` and `DiscoveryConfig()` run the same search, and `softhard
-    train` runs `TrainConfig()`, when no option is given."""
+    """One definition: `softhard discover`, `softhard demo` and `DiscoveryConfig()` run the same search, `softhard
+    train` runs `TrainConfig()` and the demo `DemoConfig()`, when no option is given."""
     from peft_softhard import DiscoveryConfig, TrainConfig
     from peft_softhard.app.cli import parse_args
     from peft_softhard.app.options import config_from_args
@@ -180,6 +184,12 @@ def test_the_command_line_runs_the_python_defaults():
         args = parse_args([command])
         assert config_from_args(DiscoveryConfig, args, seed=0, show_progress=True) == DiscoveryConfig(), command
     assert config_from_args(TrainConfig, parse_args(["train"]), seed=0, show_progress=True) == TrainConfig()
+    from peft_softhard.app.demo import DemoConfig
+
+    assert config_from_args(DemoConfig, parse_args(["demo"])) == DemoConfig()  # docs/quickstart.md's Python reads it
+    assert config_from_args(DemoConfig, parse_args(["demo", "--soft-steps", "5"])) == DemoConfig(soft_steps=5)
+    with pytest.raises(ValueError, match="built-in task"):
+        DemoConfig(task="imdb")
     reference = parse_args(["discover", "--preset", "pez-reference", "--steps", "7"])
     assert config_from_args(DiscoveryConfig, reference, seed=0, show_progress=True) == DiscoveryConfig.from_preset(
         "pez-reference", steps=7)  # a preset sets the defaults, explicit options still win

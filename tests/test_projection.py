@@ -92,3 +92,15 @@ def test_text_init_uses_the_tokenizer_and_checks_the_length(gpt2_tokenizer):
              tokenizer_name_or_path=str(GPT2_TOKENIZER))
     with pytest.raises(ValueError, match=r"init_token_ids \[5000\] are outside"):
         make(build(tiny_llama), n=4, init="token_ids", init_token_ids=[5000])
+
+
+def test_the_vocabulary_judged_among_a_few_tokens_is_the_whole_vocabulary_s_verdict(gpt2_tokenizer):
+    """`among=` (how a task's words become a whole-word prompt's start) agrees with the full mask on those ids."""
+    from peft_softhard.method.vocabulary import allowed_token_mask
+
+    config = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, word_start_only=True, round_trip_only=True)
+    words = gpt2_tokenizer(" Classify the review:", add_special_tokens=False).input_ids  # ' Class' 'ify' ...
+    full = allowed_token_mask(config, len(gpt2_tokenizer), gpt2_tokenizer)
+    some = allowed_token_mask(config, len(gpt2_tokenizer), gpt2_tokenizer, among=words)
+    assert some.nonzero().flatten().tolist() == sorted(i for i in set(words) if full[i])
+    assert [gpt2_tokenizer.decode([i]) for i in words if some[i]] == [" Class", " the", " review"]

@@ -84,10 +84,16 @@ def _check_init(args) -> None:
 
 
 def _with_init(prompt, args, task, tokenizer):
-    """`prompt` (a SoftHardConfig) starting where `--init` says (the task's instruction, its label words, ...)."""
+    """`prompt` (a SoftHardConfig) starting where `--init` says (the task's instruction, its label words, ...);
+    the task's words start from the tokens the prompt's vocabulary allows."""
+    from ..method.vocabulary import allowed_token_mask
     from .tasks import prompt_init
 
     fields = prompt_init(task, args.init, tokenizer, prompt.num_virtual_tokens, args.init_text)
+    if args.init in ("manual", "labels"):  # again, keeping only the words' tokens the prompt may hold
+        words = fields["init_token_ids"]
+        allowed = allowed_token_mask(prompt, len(tokenizer), tokenizer, among=words).nonzero().flatten().tolist()
+        fields = prompt_init(task, args.init, tokenizer, prompt.num_virtual_tokens, args.init_text, allowed)
     return dataclasses.replace(prompt, **{"init_text": None, "init_token_ids": None, **fields})
 
 
@@ -522,10 +528,11 @@ def cmd_import(args) -> dict:
 
 def cmd_demo(args) -> dict:
     from ..optimization.discovery import DiscoveryConfig
-    from .demo import run_demo
+    from .demo import DemoConfig, run_demo
     from .options import config_from_args
 
-    return run_demo(args, config_from_args(DiscoveryConfig, args, seed=args.seed, show_progress=not args.json))
+    return run_demo(args, config_from_args(DemoConfig, args),
+                    config_from_args(DiscoveryConfig, args, seed=args.seed, show_progress=not args.json))
 
 
 # ------------------------------------------------------------------------------------------------ parser
@@ -683,26 +690,19 @@ def _add_import(commands) -> None:
 
 
 def _add_demo(commands) -> None:
+    from .demo import DemoConfig
+    from .options import add_config_options
     from .tasks import BUILT_IN
 
-    demo = commands.add_parser("demo", help="the main job: manual vs soft vs hard prompts on SST-2 (~7 min)",
+    demo = commands.add_parser("demo", help="the main job: manual vs soft vs hard prompts on SST-2 (5-13 min)",
                                description="On the embedded default model and SST-2 (or AG News): the manual "
                                            "prompt's accuracy, a trained soft prompt, a hard prompt discovered by "
                                            "`softhard discover`'s own search, the soft prompt's reading, and a plot "
                                            "of the training curves. Steps are chosen on validation rows from the "
                                            "train split; dev rows are scored once.")
     demo.add_argument("--model", default=None, help="default smollm2-135m")
-    demo.add_argument("--task", default="sst2", choices=list(BUILT_IN),
-                      help="a built-in task with a manual template (default %(default)s)")
     demo.add_argument("--data-dir", help="folder with sst2/ or ag_news/ (default ../shared/data, else the hub)")
-    demo.add_argument("--train-rows", type=int, default=1000, help="training subset (default %(default)s)")
-    demo.add_argument("--validation-rows", type=int, default=150,
-                      help="rows carved from the train split that choose each prompt's step (default %(default)s)")
-    demo.add_argument("--eval-rows", type=int, default=300,
-                      help="a seeded subset of the dev rows, scored once at the end (default %(default)s)")
-    demo.add_argument("--soft-steps", type=int, default=60, help="the soft prompt's steps (default %(default)s)")
-    demo.add_argument("--soft-batch-size", type=int, default=8, help="its batch (default %(default)s)")
-    demo.add_argument("--seed", type=int, default=0)
+    add_config_options(demo, DemoConfig, choices={"task": BUILT_IN})  # the same settings as DemoConfig()
     _add_search(demo)  # the hard prompt: discover's own search and options, so the two never differ
     _add_device(demo)
     _add_output(demo, "out/demo")

@@ -6,13 +6,15 @@ discover`'s own search (`DiscoveryConfig()`: label words, tokens at a slot of th
 starting from the manual prompt and kept only if it wins on validation), and reads the soft prompt back as
 tokens. Each prompt's step is chosen on validation rows carved from the task's train split; the dev rows are
 scored once, by the chosen prompts, and the demo says by how much the hard prompt beats (or misses) the manual
-one there. Subsets keep it to about 7 minutes on 2 CPU cores.
+one there. Subsets keep it to 5-13 minutes on 2 CPU cores. `DemoConfig` holds its settings (the command's options
+are built from its fields), so docs/quickstart.md's Python runs the same steps with the same numbers.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,28 +32,73 @@ from .reporting import evaluate_prompt, table
 from .tasks import BUILT_IN, Task, load_task_data, prompt_init, task_objective
 
 
-def run_demo(args: Any, search: DiscoveryConfig) -> dict:
-    """The demo's four steps; `args` are the `softhard demo` options, `search` the hard-prompt search (discover's
-    `DiscoveryConfig`, as its options set it). Returns what it prints as JSON."""
+@dataclass
+class DemoConfig:
+    """`softhard demo`'s settings besides the hard-prompt search (that is `DiscoveryConfig()`, discover's own).
+
+    Example:
+        ```py
+        >>> settings = DemoConfig()  # what `softhard demo` runs with no options
+        >>> settings.soft_training().eval_interval, settings.soft_prompt_length
+        (30, 10)
+        ```
+    """
+
+    task: str = field(default="sst2", metadata={"help": "A built-in task with a manual template."})
+    train_rows: int = field(default=1000, metadata={"help": "Training subset."})
+    validation_rows: int = field(
+        default=150, metadata={"help": "Rows carved from the train split that choose each prompt's step."}
+    )
+    eval_rows: int = field(default=300, metadata={"help": "A seeded subset of the dev rows, scored once at the end."})
+    soft_steps: int = field(default=60, metadata={"help": "The soft prompt's training steps."})
+    soft_batch_size: int = field(default=8, metadata={"help": "The soft prompt's examples per step."})
+    seed: int = field(default=0, metadata={"help": "Seeds the rows drawn, the soft prompt's batches and the search."})
+
+    soft_prompt_length = 10
+    soft_init = "manual"  # the task's instruction; chosen on validation rows by benchmarks/settings.py
+
+    def __post_init__(self) -> None:
+        if self.task not in BUILT_IN:
+            raise ValueError(f"DemoConfig.task is {self.task!r}: the demo runs a built-in task, {list(BUILT_IN)}.")
+
+    def soft_prompt(self, task: Task, tokenizer: Any) -> SoftHardConfig:
+        """The soft prompt's config: `soft_prompt_length` vectors from `task`'s instruction."""
+        return SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.soft_prompt_length, mode="soft",
+                              **prompt_init(task, self.soft_init, tokenizer, self.soft_prompt_length))
+
+    def soft_training(self, show_progress: bool = True) -> TrainConfig:
+        """The soft prompt's training: scored (and checkpointed) at step 0, half way and the end (a score costs
+        about 8 steps)."""
+        interval = max(1, self.soft_steps // 2)
+        return TrainConfig(steps=self.soft_steps, batch_size=self.soft_batch_size, eval_interval=interval,
+                           checkpoint_interval=interval, seed=self.seed, show_progress=show_progress)
+
+
+def run_demo(args: Any, settings: DemoConfig, search: DiscoveryConfig) -> dict:
+    """The demo's four steps with `settings` and `search` (the hard-prompt search: discover's `DiscoveryConfig`,
+    as its options set it); `args` holds the `softhard demo` options that are not settings (model, data folder,
+    device, output folder, --json). Returns what it prints as JSON."""
     started, output, quiet = time.time(), Path(args.output_dir), args.json
     say = (lambda *a: None) if quiet else print
-    torch.manual_seed(args.seed)
+    torch.manual_seed(settings.seed)
     device = resolve_device(args.device)  # a wrong --device is refused before the model loads
     model, tokenizer = load_model(args.model or DEFAULT_MODEL)
     model.to(device)
     say(f"Model: {args.model or DEFAULT_MODEL} (loaded in {time.time() - started:.0f} s)")
 
-    task = BUILT_IN[args.task]
-    data = load_task_data(task, args.train_rows, args.eval_rows, args.seed, args.data_dir, args.validation_rows)
+    task = BUILT_IN[settings.task]
+    data = load_task_data(task, settings.train_rows, settings.eval_rows, settings.seed, args.data_dir,
+                          settings.validation_rows)
     objective = task_objective(task, data, tokenizer, template=task.manual_template)
     rows = {"train": len(data.train[0]), "validation": len(data.validation[0]), "eval": len(data.evaluation[0])}
     say(f"Task: {task.name}, template {task.manual_template!r}, label words {task.label_words}; "
         f"{rows['train']} training rows, {rows['validation']} validation rows (from the train split; they choose "
         f"each prompt's step), {rows['eval']} dev rows (scored once, at the end).\n")
 
-    say(f"[1/4] training a 10-token soft prompt: {args.soft_steps} steps x {args.soft_batch_size} examples")
-    soft_model, soft = train_soft(model, tokenizer, objective, output / "soft", args.soft_steps, args.soft_batch_size,
-                                  args.seed, show_progress=not quiet, task=task)
+    say(f"[1/4] training a {settings.soft_prompt_length}-token soft prompt: {settings.soft_steps} steps x "
+        f"{settings.soft_batch_size} examples")
+    soft_model, soft = train_soft(model, tokenizer, objective, output / "soft", settings, task,
+                                  show_progress=not quiet)
     soft_vectors = soft_model.prompt_encoder["default"].prompt_embeddings().detach()  # the best step's
     token_search = search.token_method(task.manual_template)
     say(f"[2/4] discovering a hard prompt: stages {', '.join(search.stages)}; tokens ({token_search}) at the "
@@ -100,22 +147,14 @@ def _score_on_dev(model: Any, objective: Any, soft_vectors: torch.Tensor, found:
     return results, *accuracy_difference(predictions["hard"], predictions["manual"], objective.labels("eval"))
 
 
-SOFT_INIT = "manual"  # chosen on validation rows by benchmarks/settings.py
-
-
-def train_soft(model: Any, tokenizer: Any, objective: Any, output: Path, steps: int, batch_size: int, seed: int,
-               *, task: Task, show_progress: bool = True) -> tuple[Any, TrainResult]:
-    """The demo's 10-token soft prompt, from `task`'s instruction (the task `objective` scores): (the peft
-    model, holding the best step's prompt, and the training result)."""
+def train_soft(model: Any, tokenizer: Any, objective: Any, output: Path, settings: DemoConfig, task: Task,
+               *, show_progress: bool = True) -> tuple[Any, TrainResult]:
+    """The demo's soft prompt (`settings.soft_prompt`, trained with `settings.soft_training()`) on the task
+    `objective` scores: (the peft model, holding the best step's prompt, and the training result)."""
     from peft import get_peft_model
 
-    prompt = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=10, mode="soft",
-                            **prompt_init(task, SOFT_INIT, tokenizer, 10))
-    soft_model = get_peft_model(model, prompt)
-    interval = max(1, steps // 2)  # scored at 0, half, all: a score costs about 8 steps
-    result = train_prompt(soft_model, objective, TrainConfig(
-        steps=steps, batch_size=batch_size, eval_interval=interval, checkpoint_interval=interval, seed=seed,
-        show_progress=show_progress), output)
+    soft_model = get_peft_model(model, settings.soft_prompt(task, tokenizer))
+    result = train_prompt(soft_model, objective, settings.soft_training(show_progress), output)
     return soft_model, result
 
 
@@ -162,4 +201,4 @@ def _report(payload: dict, soft: Any, hard: DiscoveryResult, reading: Any) -> No
           "full-set numbers).")
 
 
-__all__ = ["discover_hard", "run_demo", "train_soft"]
+__all__ = ["DemoConfig", "discover_hard", "run_demo", "train_soft"]

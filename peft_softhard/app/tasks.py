@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import random
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,8 +111,10 @@ class Task:
                 f"Task {self.name!r}, {split} split ({source.location}): no column {missing}; the data has "
                 f"{rows.column_names}. Set text_columns / label_column to the right names."
             )
-        texts = [" ".join(str(row[c]) for c in self.text_columns) for row in rows]
-        labels = [int(row[self.label_column]) - source.label_offset for row in rows]
+        # whole columns at once (`[:]`): formatting SST-2's 67,000 rows one by one through datasets took 3 s
+        columns = [rows[c][:] for c in self.text_columns]
+        texts = [" ".join(str(value) for value in values) for values in zip(*columns, strict=True)]
+        labels = [int(label) - source.label_offset for label in rows[self.label_column][:]]
         if not texts:
             raise ValueError(f"Task {self.name!r}: the {split} split ({source.location}) is empty.")
         unknown = sorted({label for label in labels if not 0 <= label < self.num_labels})
@@ -358,8 +361,11 @@ def check_prompt_init(init: str, init_text: str | None = None) -> None:
         raise ValueError("--init text needs --init-text 'the text the prompt starts from'.")
 
 
-def prompt_init(task: Task, init: str, tokenizer: Any, length: int, init_text: str | None = None) -> dict[str, Any]:
-    """`SoftHardConfig`'s init fields for a `--init` choice (for "soft" the caller loads the vectors)."""
+def prompt_init(task: Task, init: str, tokenizer: Any, length: int, init_text: str | None = None,
+                allowed_ids: Collection[int] | None = None) -> dict[str, Any]:
+    """`SoftHardConfig`'s init fields for a `--init` choice (for "soft" the caller loads the vectors). With
+    `allowed_ids` (a hard prompt's vocabulary), the task's instruction or label words keep only the tokens the
+    prompt may hold (" Class" of " Classify", not "ify"), unless none is."""
     check_prompt_init(init, init_text)
     if init in ("manual", "labels"):
         if init == "manual":
@@ -369,6 +375,9 @@ def prompt_init(task: Task, init: str, tokenizer: Any, length: int, init_text: s
             ids = tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
         else:
             ids = [i for word in task.label_words for i in tokenizer(word, add_special_tokens=False)["input_ids"]]
+        if allowed_ids is not None:
+            allowed = set(allowed_ids)
+            ids = [i for i in ids if i in allowed] or ids
         return {"init": "token_ids", "init_token_ids": (ids * math.ceil(length / len(ids)))[:length]}
     if init == "soft":
         return {"init": "vocab"}  # replaced by the soft prompt's vectors

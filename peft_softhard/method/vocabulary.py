@@ -37,13 +37,18 @@ def allowed_token_mask(
     vocab_size: int,
     tokenizer: object | None = None,
     model_special_ids: Iterable[int] = (),
+    among: Iterable[int] | None = None,
 ) -> torch.Tensor:
     """Boolean mask over the embedding rows: True where the config's constraints allow the token.
 
     Rows past the tokenizer's length (embedding matrices are often padded) are never real tokens and are
-    excluded whenever a tokenizer is known.
+    excluded whenever a tokenizer is known. With `among`, only those ids are judged (the rest are False): which of
+    a few tokens a prompt may hold, without reading the whole vocabulary.
     """
     mask = torch.ones(vocab_size, dtype=torch.bool)
+    if among is not None:
+        mask[:] = False
+        mask[torch.tensor(sorted(set(among)), dtype=torch.long)] = True
     if config.allowed_token_ids is not None:
         _check_in_range("allowed_token_ids", config.allowed_token_ids, vocab_size)
         mask[:] = False
@@ -72,7 +77,7 @@ def allowed_token_mask(
             mask[:] = False
             mask[_pass_text_filters(tokenizer, candidates, config)] = True
 
-    if not mask.any():
+    if among is None and not mask.any():
         raise ValueError(
             "The vocabulary constraints leave no token to choose from (check allowed_token_ids, denied_token_ids, "
             "ascii_only, word_start_only and exclude_special_tokens in the SoftHardConfig)."
