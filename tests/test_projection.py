@@ -104,3 +104,6 @@ def test_the_vocabulary_judged_among_a_few_tokens_is_the_whole_vocabulary_s_verd
     some = allowed_token_mask(config, len(gpt2_tokenizer), gpt2_tokenizer, among=words)
     assert some.nonzero().flatten().tolist() == sorted(i for i in set(words) if full[i])
     assert [gpt2_tokenizer.decode([i]) for i in words if some[i]] == [" Class", " the", " review"]
+    only_the = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, allowed_token_ids=[words[2], 1000])
+    assert allowed_token_mask(only_the, len(gpt2_tokenizer), gpt2_tokenizer, among=words).nonzero().flatten().tolist() \
+        == [words[2]]  # an allow list and `among` together: what both admit

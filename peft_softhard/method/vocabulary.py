@@ -46,9 +46,6 @@ def allowed_token_mask(
     a few tokens a prompt may hold, without reading the whole vocabulary.
     """
     mask = torch.ones(vocab_size, dtype=torch.bool)
-    if among is not None:
-        mask[:] = False
-        mask[torch.tensor(sorted(set(among)), dtype=torch.long)] = True
     if config.allowed_token_ids is not None:
         _check_in_range("allowed_token_ids", config.allowed_token_ids, vocab_size)
         mask[:] = False
@@ -56,6 +53,10 @@ def allowed_token_mask(
     if config.denied_token_ids:
         _check_in_range("denied_token_ids", config.denied_token_ids, vocab_size)
         mask[torch.tensor(config.denied_token_ids, dtype=torch.long)] = False
+    if among is not None:  # before the text filters, which then read only these
+        judged = torch.zeros(vocab_size, dtype=torch.bool)
+        judged[torch.tensor(sorted(set(among)), dtype=torch.long)] = True
+        mask &= judged
 
     needs_tokenizer = [name for name in TEXT_FILTERS if getattr(config, name)]
     if needs_tokenizer and tokenizer is None:
