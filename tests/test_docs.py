@@ -139,18 +139,23 @@ def run_shell(block: Block, environment: dict) -> str:
     for command in shell_commands(block.code):
         words = shlex.split(command)
         if Path(words[0]).name == "softhard":
-            argv = with_budget(words[1:])
-            out, err = io.StringIO(), io.StringIO()
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), no_warnings_from_us(command):
-                code = softhard_main(argv)
-            assert code == 0, f"{block.where}: `softhard {shlex.join(argv)}` failed:\n{err.getvalue()[-3000:]}"
-            printed.append(out.getvalue())
+            printed.append(run_softhard(with_budget(words[1:]), block.where))
         else:  # under a launcher: `-m peft_softhard SUBCOMMAND ...` gets the same budget
             if "peft_softhard" in words:
                 at = words.index("peft_softhard") + 1
                 words = [*words[:at], *with_budget(words[at:])]
             printed.append(bash(shlex.join(words), block, environment))
     return "".join(printed)
+
+
+def run_softhard(argv: list[str], where: str) -> str:
+    """What `softhard ARGV` prints, run in-process through the console script's `main` (it must succeed)."""
+    out, err = io.StringIO(), io.StringIO()
+    command = f"softhard {shlex.join(argv)}"
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), no_warnings_from_us(command):
+        code = softhard_main(argv)
+    assert code == 0, f"{where}: `{command}` failed:\n{err.getvalue()[-3000:]}"
+    return out.getvalue()
 
 
 def bash(script: str, block: Block, environment: dict) -> str:
@@ -209,10 +214,7 @@ def test_the_quickstart_python_reproduces_the_demo(tmp_path, monkeypatch):
     assert config_from_args(DemoConfig, options) == names["settings"]  # the page's small budget is the test's
     assert config_from_args(DiscoveryConfig, options, seed=0, show_progress=False) == replace(names["search"],
                                                                                             show_progress=False)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert softhard_main(argv) == 0
-    report = json.loads(out.getvalue())
+    report = json.loads(run_softhard(argv, demo.where))
     for prompt in ("manual", "soft", "hard", "reading"):
         assert report[prompt]["accuracy"] == names["scores"][prompt]["accuracy"], prompt
         assert report[prompt]["macro_f1"] == names["scores"][prompt]["macro_f1"], prompt

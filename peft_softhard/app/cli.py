@@ -86,14 +86,9 @@ def _check_init(args) -> None:
 def _with_init(prompt, args, task, tokenizer):
     """`prompt` (a SoftHardConfig) starting where `--init` says (the task's instruction, its label words, ...);
     the task's words start from the tokens the prompt's vocabulary allows."""
-    from ..method.vocabulary import allowed_token_mask
     from .tasks import prompt_init
 
-    fields = prompt_init(task, args.init, tokenizer, prompt.num_virtual_tokens, args.init_text)
-    if args.init in ("manual", "labels"):  # again, keeping only the words' tokens the prompt may hold
-        words = fields["init_token_ids"]
-        allowed = allowed_token_mask(prompt, len(tokenizer), tokenizer, among=words).nonzero().flatten().tolist()
-        fields = prompt_init(task, args.init, tokenizer, prompt.num_virtual_tokens, args.init_text, allowed)
+    fields = prompt_init(task, args.init, tokenizer, prompt.num_virtual_tokens, args.init_text, vocabulary=prompt)
     return dataclasses.replace(prompt, **{"init_text": None, "init_token_ids": None, **fields})
 
 

@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import random
-from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -362,10 +361,10 @@ def check_prompt_init(init: str, init_text: str | None = None) -> None:
 
 
 def prompt_init(task: Task, init: str, tokenizer: Any, length: int, init_text: str | None = None,
-                allowed_ids: Collection[int] | None = None) -> dict[str, Any]:
+                vocabulary: Any = None) -> dict[str, Any]:
     """`SoftHardConfig`'s init fields for a `--init` choice (for "soft" the caller loads the vectors). With
-    `allowed_ids` (a hard prompt's vocabulary), the task's instruction or label words keep only the tokens the
-    prompt may hold (" Class" of " Classify", not "ify"), unless none is."""
+    `vocabulary` (the prompt's SoftHardConfig), the task's instruction or label words keep only the tokens its
+    constraints allow (" Class" of " Classify", not "ify" under whole words), unless none is."""
     check_prompt_init(init, init_text)
     if init in ("manual", "labels"):
         if init == "manual":
@@ -375,9 +374,11 @@ def prompt_init(task: Task, init: str, tokenizer: Any, length: int, init_text: s
             ids = tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
         else:
             ids = [i for word in task.label_words for i in tokenizer(word, add_special_tokens=False)["input_ids"]]
-        if allowed_ids is not None:
-            allowed = set(allowed_ids)
-            ids = [i for i in ids if i in allowed] or ids
+        if vocabulary is not None:
+            from ..method.vocabulary import allowed_token_mask
+
+            allowed = allowed_token_mask(vocabulary, len(tokenizer), tokenizer, among=ids)
+            ids = [i for i in ids if allowed[i]] or ids
         return {"init": "token_ids", "init_token_ids": (ids * math.ceil(length / len(ids)))[:length]}
     if init == "soft":
         return {"init": "vocab"}  # replaced by the soft prompt's vectors
