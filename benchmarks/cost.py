@@ -16,7 +16,10 @@ the same methods through the peft model's own forward with labels, `model(input_
 as transformers.Trainer calls it (the language-modelling loss on the templated row and its label word); its
 floor is the frozen model on [a leaf prompt; the embedded row] with the same labels. A third table shows how
 the soft step's time grows with prompt length and batch; a fourth, the floor with the output head run only at
-the positions the loss reads (`logits_to_keep`, as scoring does) against the head at every position.
+the positions the loss reads (`logits_to_keep`, as scoring does) against the head at every position; a fifth,
+placement (issue 32): soft and hard steps through the peft forward with labels, the prompt in front of the
+manual template against the prompt at its slot before the answer cue (`Review: {text}\n{prompt}Sentiment:`), the
+same tokens in both (rows from `tokenize_with_prompt`, labels on the label word only).
 
     python benchmarks/cost.py            # SmolLM2: ~4 min on 2 cores
     python benchmarks/cost.py --quick    # SmolLM2, fewer repeats
@@ -43,7 +46,9 @@ from subjects import SHARED, add_measurement_options, load, on_gpu, parser, plan
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "cost.json"
 METHODS = ["floor", "soft", "hard", "stock PROMPT_TUNING"]
-HEAD_EVERYWHERE = "floor, output head at every position"  # what scoring did before it passed logits_to_keep
+HEAD_EVERYWHERE = "floor, output head at every position"
+PLACED = ["soft, prefix", "soft, slot", "hard, prefix", "hard, slot"]  # (mode, placement) through the peft forward
+SLOT_TEMPLATE = "Review: {text}\n{prompt}Sentiment:"  # what scoring did before it passed logits_to_keep
 PLANS = {  # interleaved repeats, memory steps, sweep repeats, batch size of the main table
     "full": {"repeats": 10, "memory_steps": 5, "sweep_repeats": 3, "batch": 8,
              "lengths": [1, 5, 10, 20], "batches": [4, 8, 16]},
@@ -157,6 +162,52 @@ def make_trainer_step(method: str, base, encode, length: int):
     return step
 
 
+def placed_rows(tokenizer, placement: str, rows: int = 256):
+    """A function from example indices to a batch of SST-2 training rows for an adapter at `placement` (prefix:
+    in front of the manual template; slot: its `{prompt}` before the answer cue; the same tokens otherwise),
+    each followed by its label word, the only target."""
+    from peft_softhard import SoftHardConfig, tokenize_with_prompt
+    from peft_softhard.app.tasks import SST2
+
+    texts, labels = SST2.load("train", limit=rows, seed=0, data_dir=str(SHARED / "data"))
+    template = SLOT_TEMPLATE if placement == "slot" else SLOT_TEMPLATE.replace("{prompt}", "")
+    config = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=1, placement=placement, template=template)
+    targets = [SST2.label_words[y] for y in labels]
+    encoded: dict[tuple[int, ...], dict] = {}
+
+    def encode(indices: list[int]) -> dict[str, torch.Tensor]:
+        if tuple(indices) not in encoded:  # tokenized once, outside the timed steps' comparison
+            encoded[tuple(indices)] = dict(tokenize_with_prompt(tokenizer, config, [texts[i] for i in indices],
+                                                                targets=[targets[i] for i in indices],
+                                                                return_tensors="pt"))
+        return encoded[tuple(indices)]
+
+    return encode
+
+
+def make_placed_step(method: str, base, encoders: dict, length: int):
+    """One step of a "mode, placement" method through the peft model's forward with labels."""
+    from peft import get_peft_model
+
+    from peft_softhard import SoftHardConfig
+
+    mode, placement = method.split(", ")
+    template = SLOT_TEMPLATE if placement == "slot" else SLOT_TEMPLATE.replace("{prompt}", "")
+    base.requires_grad_(False)
+    config = SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=length, mode=mode, init="vocab",
+                            placement=placement, template=template)
+    peft_model = get_peft_model(base, config)
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=3e-3)
+    encode = encoders[placement]
+
+    def step(indices):
+        optimizer.zero_grad()
+        peft_model(**encode(indices)).loss.backward()
+        optimizer.step()
+
+    return step
+
+
 def batches(size: int, count: int, rows: int, seed: int = 0) -> list[list[int]]:
     generator = torch.Generator().manual_seed(seed)
     return [torch.randperm(rows, generator=generator)[:size].tolist() for _ in range(count)]
@@ -255,6 +306,9 @@ def main() -> None:
     encode = lm_rows(tokenizer)
     trainer_times = interleaved_step_times(lambda m: make_trainer_step(m, base, encode, 10), rows, device, METHODS,
                                            plan["batch"], plan["repeats"])
+    encoders = {placement: placed_rows(tokenizer, placement) for placement in ("prefix", "slot")}
+    placed = interleaved_step_times(lambda m: make_placed_step(m, base, encoders, 10), rows, device, PLACED,
+                                    plan["batch"], plan["repeats"])
     memory = {method: peak_memory_mib(method, args) for method in METHODS}
     sweep = []
     for length in plan["lengths"]:
@@ -267,6 +321,10 @@ def main() -> None:
     table = markdown(main_times, memory, trainer_times, sweep, "peak GPU memory allocated" if gpu else "peak RSS")
     table += (f"\n\n| the floor's output head | step time (s) |\n|---|---|\n| at the read positions only "
               f"(logits_to_keep) | {head['floor']:.4f} |\n| at every position | {head[HEAD_EVERYWHERE]:.4f} |")
+    table += ("\n\n| through model(**tokenize_with_prompt(...)) | prefix step (s) | slot step (s) | slot / prefix |\n"
+              "|---|---|---|---|\n" + "\n".join(
+                  f"| {mode} | {placed[f'{mode}, prefix']:.4f} | {placed[f'{mode}, slot']:.4f} | "
+                  f"{placed[f'{mode}, slot'] / placed[f'{mode}, prefix']:.3f} |" for mode in ("soft", "hard")))
     print(table)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -282,7 +340,10 @@ def main() -> None:
                                                for m, t in trainer_times.items()},
                   **{memory_key: {m: round(v, 1) for m, v in memory.items()}}, length_batch_sweep=sweep,
                   output_head_step_seconds={"read positions only": round(head["floor"], 5),
-                                            "every position": round(head[HEAD_EVERYWHERE], 5)})
+                                            "every position": round(head[HEAD_EVERYWHERE], 5)},
+                  placement_step_seconds={m: round(t, 5) for m, t in placed.items()},
+                  slot_over_prefix={mode: round(placed[f"{mode}, slot"] / placed[f"{mode}, prefix"], 3)
+                                    for mode in ("soft", "hard")})
 
 
 if __name__ == "__main__":

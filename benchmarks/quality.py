@@ -78,11 +78,20 @@ LABELS = {
     "refine": "hard: discover + exact refinement (twice discover's time)",
     "distill": "hard: distilled from the soft prompt (KL; soft's examples too)",
 }
+# the placement rows (issue 32): a method with its prompt at another place in the manual template than in front,
+# named method@placement (`DiscoveryConfig.placement`'s names): before the answer cue (`...\n{prompt} Sentiment:`)
+# or at the end, right before the answer word (`...\nSentiment:{prompt}`)
+PLACED = ("before_answer_cue", "end")
+PLACED_METHODS = ("soft", "discover", "gcg")
+PLACED_LABELS = {"soft": "soft prompt", "discover": "hard: PEZ", "gcg": "hard: GCG (PEZ's wall time)"}
+LABELS.update({f"{method}@{placement}": f"{PLACED_LABELS[method]}, {placement.replace('_', ' ')}"
+               for method in PLACED_METHODS for placement in PLACED})
 # the whole-prompt rows: discover's default pipeline, and each of its search spaces alone (`DiscoveryConfig.stages`)
 WHOLE = {"whole": ["label_words", "tokens", "template_edits"], "labels": ["label_words"], "grow": ["tokens"],
          "edits": ["template_edits"]}
 STAGE_NAMES = {"label_words": "label words", "tokens": "tokens at the end", "template_edits": "template edits"}
-HARD = ("discover", "pez_reference", "gcg", "refine", "distill", *WHOLE)
+HARD = ("discover", "pez_reference", "gcg", "refine", "distill", *WHOLE,
+        *(f"{m}@{p}" for m in PLACED_METHODS[1:] for p in PLACED))
 # discover's default until 0.1: PEZ in front of the template, Adafactor 0.3, from the task's instruction
 PEZ_IN_FRONT = {"stages": ["tokens"], "placement": "prefix", "method": "pez", "lr": 0.3, "optimizer": "adafactor",
                 "weight_decay": 0.0}
@@ -128,6 +137,20 @@ class Row:
     def name(self) -> str:
         return f"{self.task}-{self.method}-seed{self.seed}"
 
+    @property
+    def kind(self) -> str:
+        """The method without its placement ("soft@end": "soft")."""
+        return self.method.split("@")[0]
+
+    @property
+    def placement(self) -> str:
+        """Where the prompt goes in the template ("prefix": in front of it)."""
+        return self.method.split("@")[1] if "@" in self.method else "prefix"
+
+    def with_kind(self, kind: str) -> Row:
+        """The row of another method at the same placement."""
+        return dataclasses.replace(self, method=kind if self.placement == "prefix" else f"{kind}@{self.placement}")
+
 
 def plan_stages(plan: dict) -> list[tuple[Row, int]]:
     """(row, budget) in the order they run, most important first, so that a run cut short has the main
@@ -154,6 +177,9 @@ def plan_stages(plan: dict) -> list[tuple[Row, int]]:
     # template edits alone at 3,200 would cost about five CPU-hours on the two tasks
     stages += [(Row(task, method, first), budgets[0]) for method in ("labels", "grow", "edits")
                for task in ("sst2", "ag_news")]
+    # the placement rows (issue 32) at the smallest budget: soft on both tasks first, then PEZ, then GCG
+    stages += [(Row(task, f"{method}@{placement}", first), budgets[0]) for method in PLACED_METHODS
+               for task in ("sst2", "ag_news") for placement in PLACED]
     return stages
 
 
@@ -198,18 +224,20 @@ class Objectives:
     def __init__(self, tokenizer: Any, plan: dict) -> None:
         self.tokenizer, self.plan, self.cache = tokenizer, plan, {}
 
-    def get(self, task_name: str, template: str):
-        """template: "manual" or "task"."""
-        if (task_name, template) not in self.cache:
+    def get(self, task_name: str, template: str, placement: str = "prefix"):
+        """template: "manual" or "task"; placement: where in it the prompt goes (`templates.place_slot`)."""
+        if (task_name, template, placement) not in self.cache:
             from peft_softhard.app.tasks import task_objective
+            from peft_softhard.objectives.templates import place_slot
 
             if task_name not in self.cache:
                 self.cache[task_name] = task_data(task_name, self.plan)
             task = task_of(task_name)
             chosen = task.manual_template if template == "manual" else task.template
-            self.cache[task_name, template] = task_objective(task, self.cache[task_name], self.tokenizer,
-                                                             template=chosen)
-        return self.cache[task_name, template]
+            chosen = chosen if placement == "prefix" else place_slot(chosen, placement)
+            self.cache[task_name, template, placement] = task_objective(task, self.cache[task_name], self.tokenizer,
+                                                                        template=chosen)
+        return self.cache[task_name, template, placement]
 
 
 # ------------------------------------------------------------------------------------------------ methods
@@ -248,14 +276,14 @@ def search_hard(base, tokenizer, objective, row: Row, budget: int, plan: dict, w
 
     if row.method in WHOLE:
         return search_whole(base, tokenizer, objective, row, budget, plan, work)
-    settings = stage_config(plan, row.method, budget, row.seed)
+    settings = stage_config(plan, row.kind, budget, row.seed)
     if row.method == "pez_reference":
         config = DiscoveryConfig.from_preset("pez-reference", **settings)
         init = discover_defaults("pez-reference")["init"]  # the reference's own init, as `--preset` sets it
     else:
         search = dict(PEZ_IN_FRONT)
-        if row.method in ("gcg", "refine"):  # as many steps as fit in the given wall time
-            search.update(GCG if row.method == "gcg" else REFINE, **plan.get("gcg", {}))
+        if row.kind in ("gcg", "refine"):  # as many steps as fit in the given wall time
+            search.update(GCG if row.kind == "gcg" else REFINE, **plan.get("gcg", {}))
             settings.update(steps=1_000_000, max_seconds=max_seconds)
         config, init = DiscoveryConfig(**search, **settings), "manual"
     init_fields = prompt_init(task_of(row.task), init, tokenizer, plan["length"])
@@ -332,20 +360,20 @@ def run_stage(row: Row, budget: int, base, tokenizer, objectives: Objectives, pl
     from peft_softhard import evaluate_prompt
 
     template = template_of(row.method)
-    objective = objectives.get(row.task, template)
+    objective = objectives.get(row.task, template, row.placement)
     run_dir = work / "runs" / run_name(row, budget)
     if row.method in ("template", "manual"):
         empty = torch.tensor([], dtype=torch.long)
         out = {"prompt": empty, "validation": evaluate_prompt(base, objective, empty, "held_out")["accuracy"],
                "steps": 0, "search_seconds": 0.0, "seconds": 0.0}
-    elif row.method == "soft":
+    elif row.kind == "soft":
         out = train_soft(base, tokenizer, objective, row, budget, plan, run_dir)
     elif row.method == "lora":
         out = train_lora(base, objective, row, budget, plan, run_dir)
     else:
         max_seconds, start, before = None, None, None
-        if row.method in ("gcg", "refine"):
-            before = records.get(record_name(dataclasses.replace(row, method="discover"), budget))
+        if row.kind in ("gcg", "refine"):
+            before = records.get(record_name(row.with_kind("discover"), budget))
             if before is None:
                 raise RuntimeError(f"{row.method} runs for discover's wall time: run discover's stage of the same "
                                    "seed and budget first.")
@@ -371,7 +399,7 @@ def run_stage(row: Row, budget: int, base, tokenizer, objectives: Objectives, pl
               "eval_predictions": scored["predictions"]}
     if row.method == "lora":
         model.unload()  # LoRA wraps the base model's layers: take the wrappers out again
-    if row.method in HARD and row.task == "sst2" and row.seed == plan["seeds"][0]:
+    if row.method in HARD and row.task == "sst2" and row.seed == plan["seeds"][0] and row.placement == "prefix":
         other = objectives.get(row.task, "manual" if template == "task" else "task")
         record["transfer"] = round(evaluate_prompt(base, *transferred(other, record, tokenizer))["accuracy"], 4)
     return record

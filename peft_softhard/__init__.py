@@ -9,9 +9,10 @@ Importing the package registers the SOFTHARD method with peft:
 >>> project_prompt(model, tokenizer).text                               # doctest: +SKIP
 ```
 
-The layout (docs/architecture.md): `method` (what a prompt is), `prompt_layout` (where it goes in a batch),
-`peft_boundary` (every contact with peft's internals), `objectives`, `optimization` (the one loop and its
-methods), `reading` (a prompt read as tokens), `serving` (many prompts, one model), `files`, `app` (CLI, demo).
+The layout (docs/architecture.md): `method` (what a prompt is), `placement` (where it goes in text),
+`prompt_layout` (where it goes in a batch), `peft_boundary` (every contact with peft's internals), `objectives`,
+`optimization` (the one loop and its methods), `reading` (a prompt read as tokens), `serving` (many prompts,
+one model), `files`, `app` (CLI, demo).
 """
 
 import sys
@@ -30,6 +31,7 @@ from .objectives import (  # noqa: E402
     CorpusObjective,
     DistillationObjective,
     Objective,
+    PairsObjective,
     SequenceClassificationObjective,
     TargetTextObjective,
     WholePrompt,
@@ -39,7 +41,17 @@ from .optimization.discovery import DiscoveryConfig, DiscoveryResult, run  # noq
 from .optimization.trainer_callback import BestHardPromptCallback  # noqa: E402
 from .optimization.training import TrainConfig, TrainResult, train_prompt  # noqa: E402
 from .peft_boundary import BASE_ADAPTER, load_for_training  # noqa: E402
-from .reading import ProjectedPrompt, WaywardnessReport, project_prompt, to_hard_adapter, waywardness  # noqa: E402
+from .placement import adapter_placement, placed_template, prompt_segments, tokenize_with_prompt  # noqa: E402
+from .prompt_layout import PROMPT_SLOT_ID  # noqa: E402
+from .reading import (  # noqa: E402
+    PlacedText,
+    ProjectedPrompt,
+    WaywardnessReport,
+    placed_text,
+    project_prompt,
+    to_hard_adapter,
+    waywardness,
+)
 from .serving import EnsembleScores, load_adapters, score_ensemble  # noqa: E402
 
 # Module paths of release 0.1.0 that README and docs used, kept importable (`from peft_softhard.training import
@@ -52,6 +64,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BASE_ADAPTER",
+    "PROMPT_SLOT_ID",
     "BestHardPromptCallback",
     "ClassificationObjective",
     "CorpusObjective",
@@ -60,6 +73,8 @@ __all__ = [
     "DiscoveryResult",
     "EnsembleScores",
     "Objective",
+    "PairsObjective",
+    "PlacedText",
     "ProjectedPrompt",
     "SequenceClassificationObjective",
     "SoftHardConfig",
@@ -69,17 +84,22 @@ __all__ = [
     "TrainResult",
     "WaywardnessReport",
     "WholePrompt",
+    "adapter_placement",
     "evaluate_prompt",
     "export_prompt_tuning",
     "get_task",
     "load_adapters",
     "load_for_training",
     "nearest_tokens",
+    "placed_template",
+    "placed_text",
     "project_prompt",
+    "prompt_segments",
     "register",
     "run",
     "score_ensemble",
     "to_hard_adapter",
+    "tokenize_with_prompt",
     "train_prompt",
     "waywardness",
 ]

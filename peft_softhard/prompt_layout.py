@@ -6,7 +6,10 @@ nothing of peft: rows in, rows out.
 
 The layout, for prompts of any lengths:
 - a row is its input with its prompt inserted after the row's first `offset` real tokens (`insert_prompts`;
-  offset 0, the default, puts it in front: `prepend_prompts`; a template's `{prompt}` slot gives another);
+  offset 0, the default, puts it in front; a template's `{prompt}` slot gives another). In
+  token ids a slot is marked by `PROMPT_SLOT_ID` (`placement.tokenize_with_prompt` writes it), as multimodal
+  models mark where image features go; `slot_offsets` reads the marks: the mark becomes a masked column, so
+  every position stays where the tokenizer put it;
   the columns it does not use are padding, masked out, and its positions are counted over its real tokens
   only (`position_ids()`), so padding moves nothing;
 - decoders (causal attention) put that padding on the left, so each row ends in the last column, where
@@ -22,7 +25,7 @@ The layout, for prompts of any lengths:
 
 Example:
     ```py
-    >>> batch = prepend_prompts(prompt, inputs_embeds, attention_mask, padding_left=True)  # doctest: +SKIP
+    >>> batch = insert_prompts(prompt, inputs_embeds, attention_mask, offsets, padding_left=True)  # doctest: +SKIP
     >>> logits = model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
     ...                position_ids=batch.position_ids()).logits                         # doctest: +SKIP
     >>> batch.to_user_layout(logits)[:, -inputs_embeds.shape[1]:]  # the input tokens' logits  # doctest: +SKIP
@@ -36,6 +39,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+# The id that marks a prompt's slot in a row of token ids: outside every vocabulary (no embedding row, and
+# tokenizers decode it to nothing), so it can never be a real token, and any collator pads and batches it.
+PROMPT_SLOT_ID = 2**31 - 1
+
+
+def slot_offsets(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(offsets [B] or None, `input_ids` with the marks made padding, `attention_mask` with the marks masked) for
+    rows of ids [B, L] that may mark their prompt's slot with `PROMPT_SLOT_ID`: a marked row's prompt goes after
+    its real tokens before the mark, an unmarked row's in front (offset 0). None when no row is marked."""
+    if input_ids is None or not bool((input_ids == PROMPT_SLOT_ID).any()):
+        return None, input_ids, attention_mask
+    marks = input_ids == PROMPT_SLOT_ID
+    if bool((marks.sum(1) > 1).any()):
+        rows = (marks.sum(1) > 1).nonzero().flatten().tolist()
+        raise ValueError(f"Rows {rows} mark more than one prompt slot (id {PROMPT_SLOT_ID}); a row takes one prompt.")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if bool((attention_mask[marks] == 0).any()):
+        raise ValueError("A prompt slot mark is masked out by the attention mask; the mark must be one of the row's "
+                         "real tokens (tokenize with peft_softhard.tokenize_with_prompt, then pad).")
+    before = (attention_mask * (marks.long().cumsum(1) == 0)).sum(1)  # real tokens left of the mark
+    offsets = torch.where(marks.any(1), before, 0).cpu()
+    return offsets, input_ids.masked_fill(marks, 0), attention_mask.masked_fill(marks, 0)
 
 
 @dataclass
@@ -109,17 +137,6 @@ class PromptedBatch:
         return bool(((self.user_columns == columns) | (self.user_columns < 0)).all())
 
 
-def prepend_prompts(
-    prompts: torch.Tensor | Sequence[torch.Tensor],
-    inputs_embeds: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    padding_left: bool = False,
-    compact: bool = True,
-) -> PromptedBatch:
-    """Put prompts before inputs: `insert_prompts` at offset 0."""
-    return insert_prompts(prompts, inputs_embeds, attention_mask, None, padding_left, compact)
-
-
 def insert_prompts(
     prompts: torch.Tensor | Sequence[torch.Tensor],
     inputs_embeds: torch.Tensor,
@@ -140,11 +157,17 @@ def insert_prompts(
     in_front = offsets is None or not bool(offsets.any())
     if isinstance(prompts, torch.Tensor):
         prompts = prompts.expand(batch, -1, -1) if prompts.dim() == 2 else prompts
-        # One prompt length in front: a concatenation is the layout wherever padding may stay where it is, or
-        # where there is none to move (no padding, or right padding kept on the right).
+        # One prompt length: without a loop over rows wherever the padding may stay where it is (it does not move
+        # when there is none, or when it is already on the side asked for).
         right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
-        if in_front and (not compact or (right_padded and (not padding_left or bool(attention_mask.all())))):
+        left_padded = bool((attention_mask[:, 1:] >= attention_mask[:, :-1]).all())
+        unpadded = bool(attention_mask.all())
+        if in_front and (not compact or (right_padded and not padding_left) or unpadded):
             return _concatenate(prompts, inputs_embeds, attention_mask)
+        if not compact or (right_padded and not padding_left) or (left_padded and padding_left) or unpadded:
+            offsets = torch.zeros(batch, dtype=torch.long) if offsets is None else offsets
+            return _insert_at_columns(prompts, inputs_embeds, attention_mask, offsets, compact and padding_left,
+                                      compact)
         prompts = list(prompts)
     if len(prompts) != batch:
         raise ValueError(f"Got {len(prompts)} prompts for a batch of {batch} rows; give one per row.")
@@ -176,6 +199,38 @@ def insert_prompts(
         user_columns.append(torch.cat([piece[1] for piece in pieces]))
         row_masks.append(torch.cat([piece[2] for piece in pieces]))
     return PromptedBatch(torch.stack(rows), torch.stack(row_masks), torch.stack(user_columns), width, length)
+
+
+def _insert_at_columns(prompts: torch.Tensor, inputs_embeds: torch.Tensor, mask: torch.Tensor,
+                       offsets: torch.Tensor, after_padding: bool, compact: bool) -> PromptedBatch:
+    """`insert_prompts` for one prompt length [B, n, d] with the rows' padding kept where it is, by gathers (a
+    training step at a slot costs what one in front does): row b is [its first `split_b` columns; its prompt;
+    the rest]. `compact` (padding all on one side): the prompt goes right after the row's offset-th real token
+    (offset 0: in front, after the padding with `after_padding`), so no padding comes between; otherwise as the
+    per-row layout puts it."""
+    batch, length = mask.shape
+    width = prompts.shape[1]
+    if width == 0:
+        return _concatenate(prompts, inputs_embeds, mask)
+    device = inputs_embeds.device
+    offsets, counts = offsets.to(device)[:, None], mask.long().cumsum(1)
+    if compact:
+        leading = (counts == 0).sum(1, keepdim=True) if after_padding else torch.zeros_like(offsets)
+        split = torch.where(offsets > 0, (counts < offsets).sum(1, keepdim=True) + 1, leading)
+    else:
+        split = torch.where(offsets > 0, (counts <= offsets).sum(1, keepdim=True), 0)  # [B, 1]
+    columns = torch.arange(length + width, device=device)[None]  # [1, L + n]
+    in_prompt = (columns >= split) & (columns < split + width)  # [B, L + n]
+    source = torch.where(columns < split, columns, columns - width).clamp(0, max(length - 1, 0))
+    prompt_column = (columns - split).clamp(0, max(width - 1, 0))
+    embeds = torch.where(in_prompt[..., None],
+                         prompts.to(device=device, dtype=inputs_embeds.dtype).gather(
+                             1, prompt_column[..., None].expand(-1, -1, prompts.shape[2])),
+                         inputs_embeds.gather(1, source[..., None].expand(-1, -1, inputs_embeds.shape[2])))
+    row_mask = torch.where(in_prompt, 1, mask.gather(1, source)).to(mask.dtype)
+    user = torch.where(in_prompt, prompt_column, width + source)
+    user_columns = user.masked_fill(row_mask == 0, -1)
+    return PromptedBatch(embeds, row_mask, user_columns, width, length)
 
 
 def _concatenate(prompts: torch.Tensor, inputs_embeds: torch.Tensor, mask: torch.Tensor) -> PromptedBatch:

@@ -2,7 +2,8 @@
 
 A soft prompt's projection is an interpretation, not the prompt (Khashabi et al. 2022, "prompt
 waywardness"): the vectors can sit far from every token, and the readable tokens can behave differently.
-`project_prompt` reports how far each vector is from its token; `waywardness` scores both on a task.
+`project_prompt` reports how far each vector is from its token; `waywardness` scores both on a task;
+`placed_text` writes the prompt as text where its adapter puts it (what a user pastes) and checks it round-trips.
 
 Example:
     ```py
@@ -22,8 +23,10 @@ from typing import Any
 import torch
 
 from .method.projection import distance, nearest_tokens, similarity
+from .objectives.templates import PROMPT, TEXT, encode_example, text_ids
 from .optimization.loop import frozen
 from .peft_boundary.adapters import softhard_adapter
+from .placement import placed_template
 
 
 @dataclass
@@ -176,3 +179,46 @@ def waywardness(peft_model: Any, objective: Any, adapter_name: str | None = None
 
 def _is_word(text: str) -> bool:
     return any(character.isalnum() for character in text) and "\ufffd" not in text
+
+
+# ------------------------------------------------------------------------------------------ as text in its place
+# The input a text export's round trip is checked with (at {text}; the joins at the prompt's edges are checked)
+SAMPLE_INPUT = "This is an example."
+
+
+@dataclass
+class PlacedText:
+    """A prompt as text, where its adapter puts it: what a user pastes into any program that runs their model.
+
+    `text` is the prompt's text (prefix and system: put it in front of the input / as the system message); for
+    `slot` the adapter's template with the prompt in place, for `suffix` the user message template ending in it
+    (`{text}` is where the input goes). `round_trips`: whether the pasted text, with a sample input, tokenizes
+    to the ids that were scored; where it does not, the text is not exactly the prompt that was scored.
+    """
+
+    placement: str
+    text: str
+    prompt_text: str
+    round_trips: bool
+    mode: str
+
+
+def placed_text(peft_model: Any, tokenizer: Any, adapter_name: str | None = None) -> PlacedText:
+    """The adapter's prompt as text in its place (a soft prompt: its nearest-token reading), checked to round-trip.
+
+    Example:
+        ```py
+        >>> placed_text(model, tokenizer).text  # 'Review: {text}\\n great Sentiment:'  # doctest: +SKIP
+        ```
+    """
+    _, config, _ = softhard_adapter(peft_model, adapter_name)
+    reading = project_prompt(peft_model, tokenizer, adapter_name=adapter_name)
+    prompt_text = reading.text or ""
+    template = placed_template(tokenizer, config.template or TEXT, config.placement)
+    ids, offset = encode_example(tokenizer, template, SAMPLE_INPUT)
+    scored = ids[:offset] + list(reading.token_ids) + ids[offset:]
+    pasted = text_ids(tokenizer, template.replace(PROMPT, prompt_text).replace(TEXT, SAMPLE_INPUT))
+    user_template = config.template or TEXT
+    text = {"prefix": prompt_text, "system": prompt_text, "suffix": user_template + prompt_text,
+            "slot": user_template.replace(PROMPT, prompt_text)}[config.placement]
+    return PlacedText(config.placement, text, prompt_text, pasted == scored, config.mode)

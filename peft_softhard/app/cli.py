@@ -75,9 +75,9 @@ def _check_init(args) -> None:
     """The `--init` choices that are wrong whatever the task and model are (before anything is loaded)."""
     from .tasks import check_prompt_init
 
-    if args.corpus and args.init in ("manual", "labels"):
-        raise ValueError(f"--init {args.init} starts from a task's instruction or label words, and a corpus has "
-                         "neither: use --init text --init-text 'Write a movie review:' (or vocab, random).")
+    if (args.corpus or args.pairs) and args.init in ("manual", "labels"):
+        raise ValueError(f"--init {args.init} starts from a task's instruction or label words, and a corpus or pairs "
+                         "have neither: use --init text --init-text 'Write a movie review:' (or vocab, random).")
     if args.init == "soft" and not getattr(args, "init_adapter", None):
         raise ValueError("--init soft needs --init-adapter: the folder of a trained soft prompt (out/train/n10/best).")
     check_prompt_init(args.init, args.init_text)
@@ -110,21 +110,33 @@ def _load_adapter(args):
 
 @dataclasses.dataclass
 class _Source:
-    """What `train` and `discover` optimise on: a classification task's rows (`task`, `data`), or the documents
-    of a corpus (`corpus`: a style or domain prompt). Read before the model loads, so bad data fails fast."""
+    """What `train` and `discover` optimise on: a classification task's rows (`task`, `data`), the documents
+    of a corpus (`corpus`: a style or domain prompt), or (message, target) pairs (`pairs`: a system prompt, a
+    universal suffix; `template` is the user message). Read before the model loads, so bad data fails fast."""
 
     name: str
     task: Any = None
     data: Any = None  # TaskData
     corpus: Any = None  # CorpusSplits
     chunk_tokens: int = 0
+    pairs: Any = None  # CorpusSplits of (message, target) pairs
+    template: str = "{text}"
 
     @classmethod
     def from_args(cls, args) -> _Source:
+        from .corpus import read_corpus, read_pairs, split_corpus
+
+        if args.corpus and args.pairs:
+            raise ValueError("Give --corpus (a style or domain prompt) or --pairs (messages and their targets), not "
+                             "both.")
+        if args.pairs:
+            from ..objectives.templates import unescape
+
+            pairs = split_corpus(read_pairs(args.pairs), args.validation_share, args.report_share, args.seed)
+            return cls(args.pairs, pairs=pairs, template=unescape(args.template) if args.template else "{text}")
         if not args.corpus:
             task = task_from_args(args)
-            return cls(task.name, task=task, data=_data(args, task, for_training=True))
-        from .corpus import read_corpus, split_corpus
+            return cls(task.name, task=task, data=_data(args, task, for_training=True), template=task.template)
 
         if getattr(args, "task_type", "CAUSAL_LM") != "CAUSAL_LM":
             raise ValueError("A corpus trains a causal LM's prompt: leave --task-type at CAUSAL_LM.")
@@ -140,20 +152,29 @@ class _Source:
             from .corpus import corpus_objective
 
             return corpus_objective(self.corpus, tokenizer, self.chunk_tokens)
+        if self.pairs is not None:
+            from ..objectives import PairsObjective
+
+            return PairsObjective(tokenizer, self.pairs.train, template=template or f"{{prompt}}{self.template}",
+                                  held_out_pairs=self.pairs.validation, eval_pairs=self.pairs.report)
         from .tasks import task_objective
 
         return task_objective(self.task, self.data, tokenizer, task_type, template)
 
     @property
     def measure(self) -> str:
-        """What a score is shown as: accuracy (tasks), perplexity (corpora: the score is minus the mean loss)."""
-        return "perplexity" if self.corpus is not None else "accuracy"
+        """What a score is shown as: accuracy (tasks), perplexity (corpora: the score is minus the mean loss), the
+        success rate (pairs: the share of messages answered with their whole target)."""
+        return "perplexity" if self.corpus is not None else "success_rate" if self.pairs is not None else "accuracy"
 
     def shown(self, score: float) -> float:
         return math.exp(-score) if self.corpus is not None else score
 
     def report(self, model, objective, prompt: torch.Tensor) -> dict:
-        """The eval rows (a corpus: the report documents), scored once by the chosen prompt."""
+        """The eval rows (a corpus: the report documents; pairs: the report pairs), scored once by the chosen
+        prompt."""
+        if self.pairs is not None:
+            return {"success_rate": objective.success_rate(model, prompt, "eval"), "examples": len(self.pairs.report)}
         if self.corpus is None:
             return evaluate_prompt(model, objective, prompt)
         from .corpus import corpus_metrics
@@ -161,6 +182,10 @@ class _Source:
         return corpus_metrics(model, objective, prompt)
 
     def splits_line(self) -> str:
+        if self.pairs is not None:
+            pairs = self.pairs
+            return (f"pairs: {len(pairs.train)} train, {len(pairs.validation)} validation (they chose the step), "
+                    f"{len(pairs.report)} report (scored once, by the chosen prompt)")
         if self.corpus is not None:
             corpus = self.corpus
             return (f"documents: {len(corpus.train)} train, {len(corpus.validation)} validation (they chose the "
@@ -169,6 +194,26 @@ class _Source:
         data = self.data
         return (f"rows: {len(data.train[0])} train, {len(data.validation[0])} validation (carved from the train "
                 f"split; they chose the step), {len(data.evaluation[0])} eval (scored once, by the chosen prompt)")
+
+
+def _placement(args, source: _Source, tokenizer) -> dict:
+    """The adapter's `placement` and `template` (`--placement`, `--chat`) for a task or pairs on a causal LM; none
+    for a corpus or a SEQ_CLS head, which take the prompt in front."""
+    from ..placement import adapter_placement
+
+    if source.corpus is not None or getattr(args, "task_type", "CAUSAL_LM") != "CAUSAL_LM":
+        if args.placement not in (None, "prefix") or args.chat:
+            raise ValueError("--placement and --chat put the prompt in a causal LM's template; a corpus and a "
+                             "SEQ_CLS head take it in front of the input: leave them out.")
+        return {}
+    return adapter_placement(tokenizer, source.template, args.placement, args.chat)
+
+
+def _scored_template(tokenizer, placed: dict) -> str | None:
+    """The text template (with {text} and {prompt}) an adapter of these placement fields is scored with."""
+    from ..placement import placed_template
+
+    return placed_template(tokenizer, placed["template"], placed["placement"]) if placed else None
 
 
 def _print(args, payload: Any, text: str) -> None:
@@ -194,8 +239,9 @@ def cmd_train(args) -> dict:
     for prompt in prompts:
         length = prompt.num_virtual_tokens
         base, tokenizer = _model(args, args.task_type)  # a fresh base model per prompt: peft wraps it in place
-        objective = objective or source.objective(tokenizer, args.task_type)  # the same tokenizer each time
-        prompt = _with_init(prompt, args, source.task, tokenizer)
+        placed = _placement(args, source, tokenizer)  # where the prompt goes: saved with the adapter
+        objective = objective or source.objective(tokenizer, args.task_type, _scored_template(tokenizer, placed))
+        prompt = dataclasses.replace(_with_init(prompt, args, source.task, tokenizer), **placed)
         torch.manual_seed(args.seed)
         model = get_peft_model(base, prompt)  # the tokenizer for text init comes from the model's folder
         result = train_prompt(model, objective, config, output / f"n{length}", resume=args.resume)
@@ -272,19 +318,19 @@ def cmd_discover(args) -> dict:
                                 "word_start_only": args.word_start_only, "round_trip_only": args.round_trip_only,
                                 **words})
     _check_init(args)
-    if args.corpus and args.distill_from:
-        raise ValueError("--distill-from matches a soft prompt's class distribution on a task's rows; a corpus has "
-                         "no classes: leave it out (the corpus objective is the text's own loss).")
+    if (args.corpus or args.pairs) and args.distill_from:
+        raise ValueError("--distill-from matches a soft prompt's class distribution on a task's rows; a corpus or "
+                         "pairs have no classes: leave it out.")
     source = _Source.from_args(args)
     base, tokenizer = _model(args, "CAUSAL_LM")
     prompt = _with_init(prompt, args, source.task, tokenizer)
-    objective, start = _discovery_objective(args, source, tokenizer)
+    objective, start = _discovery_objective(args, source, tokenizer, config.placement)
     output, measure = Path(args.output_dir), source.measure
     result = run(base, objective, config, prompt, tokenizer, checkpoint_dir=str(output / "checkpoint"),
                  resume=args.resume, init_prompt=start)
     found, model = _save_discovered(result, base, tokenizer, output)
     final_objective, final_prompt = objective, torch.tensor(result.token_ids, dtype=torch.long)
-    if result.whole_prompt is not None:  # the eval rows with the found template and label words
+    if result.whole_prompt is not None and source.task is not None:  # the found template and label words
         final_objective, final_prompt = objective.for_prompt(result.whole_prompt)
     final = source.report(base, final_objective, final_prompt)  # the eval rows, scored once
     validation = (source.shown(result.start_score), source.shown(result.best_score))
@@ -294,7 +340,7 @@ def cmd_discover(args) -> dict:
                "stages": [dataclasses.asdict(stage) for stage in result.stages],
                "round_trips": result.round_trips, "perplexity": result.perplexity, "seconds": result.seconds,
                "notes": result.notes, "score_history": result.score_history}
-    if args.calibrate and source.corpus is None:
+    if args.calibrate and source.task is not None:
         payload["eval_calibrated"] = evaluate_prompt(base, final_objective, final_prompt, calibrate=True)
     _corpus_outputs(args, model, tokenizer, payload, config.num_virtual_tokens)
     write_text_atomically(output / "result.json", json.dumps(payload, indent=2))
@@ -317,19 +363,19 @@ def cmd_discover(args) -> dict:
 
 def _save_discovered(result, base, tokenizer, output: Path) -> tuple[dict, Any]:
     """Write what discover found: prompt.json (the whole prompt: `eval --prompt-file` scores it), prompt.txt (the
-    text to paste) and, for tokens in front of an unchanged template, the SOFTHARD adapter. Returns (what was
+    text to paste) and the SOFTHARD adapter of its tokens, at their place in the template. Returns (what was
     written, the adapter's peft model or None)."""
     whole = result.whole_prompt
     found: dict[str, Any] = {}
-    if whole is not None:
+    if whole is not None and whole.label_words:
         found.update(template=whole.template, label_words=whole.label_words, prompt=whole.filled(tokenizer),
                      prompt_file=str(output / "prompt.json"))
         write_text_atomically(output / "prompt.json", whole.to_json(tokenizer, validation=result.best_score))
         write_text_atomically(output / "prompt.txt", whole.filled(tokenizer))
-    else:
-        write_text_atomically(output / "prompt.txt", result.text or "")
+    else:  # the tokens' text (in their template, where they have a slot)
+        write_text_atomically(output / "prompt.txt", whole.filled(tokenizer) if whole else result.text or "")
     model = None
-    if result.is_prefix and result.token_ids:
+    if result.token_ids:  # the tokens at their place in the template (prompt.json also holds the label words)
         model = result.to_peft_model(base)
         save_adapter_atomically(model, output / "adapter")
         found["adapter"] = str(output / "adapter")
@@ -343,15 +389,20 @@ def _whole_prompt_text(found: dict) -> str:
             + " / ".join(repr(word) for word in found["label_words"]))
 
 
-def _discovery_objective(args, source: _Source, tokenizer):
+def _discovery_objective(args, source: _Source, tokenizer, placement: str = "prefix"):
     """The objective (a task's distilled from a soft prompt with --distill-from), and the vectors a search starts
     from (--init soft), or None. A built-in task's search starts from its hand-written template (the prompt a
-    user would type), unless --template gives another or a preset names the task's own."""
+    user would type), unless --template gives another or a preset names the task's own; a chat `placement`
+    renders it through the chat template with the slot in the system turn or at the end of the user message."""
     from ..files import read_prompt_vectors
     from ..objectives import DistillationObjective
+    from ..objectives.templates import CHAT_PLACEMENTS
+    from ..placement import placed_template
 
     manual = source.task.manual_template if source.task is not None else None
     start_template = manual if manual and not args.template and not args.preset else None
+    if placement in CHAT_PLACEMENTS:
+        start_template = placed_template(tokenizer, start_template or source.template, placement)
     objective = source.objective(tokenizer, template=start_template)
     start = read_prompt_vectors(args.init_adapter) if args.init == "soft" else None
     if args.distill_from:
@@ -365,6 +416,8 @@ def cmd_eval(args) -> dict:
 
     if args.corpus:
         return _eval_corpus(args)
+    if args.pairs:
+        return _eval_pairs(args)
     task = task_from_args(args)
     if args.manual and not task.manual_template:
         raise ValueError(f"Task {task.name!r} has no manual prompt; give --template or --prompt-text.")
@@ -374,8 +427,14 @@ def cmd_eval(args) -> dict:
     if args.adapter:
         peft_model, tokenizer = _load_adapter(args)
         prompt = adapter_prompt(peft_model, "default").detach()  # SOFTHARD, or a stock PROMPT_TUNING export
-        task_type = peft_model.peft_config["default"].task_type
-        objective, what = task_objective(task, data, tokenizer, task_type), f"adapter {args.adapter}"
+        config = peft_model.peft_config["default"]
+        if args.placement or args.chat:
+            raise ValueError("An adapter is scored where it puts its prompt (its own placement and template); leave "
+                             "--placement and --chat out with --adapter.")
+        placed = {"placement": config.placement, "template": config.template} if getattr(config, "template",
+                                                                                          None) else {}
+        objective = task_objective(task, data, tokenizer, config.task_type, _scored_template(tokenizer, placed))
+        what = f"adapter {args.adapter}"
         model = peft_model.get_base_model()
     elif args.prompt_file:  # a whole prompt `softhard discover` found: its template, tokens and label words
         from ..objectives.templates import WholePrompt
@@ -386,9 +445,12 @@ def cmd_eval(args) -> dict:
         objective = task_objective(task, data, tokenizer, template=whole.template)
         prompt, what = torch.tensor(whole.token_ids, dtype=torch.long), f"prompt file {args.prompt_file}"
     else:
+        from ..placement import adapter_placement
+
         model, tokenizer = _model(args, "CAUSAL_LM")
-        template = task.manual_template if args.manual else None
-        objective = task_objective(task, data, tokenizer, template=template)
+        template = task.manual_template if args.manual else task.template
+        placed = adapter_placement(tokenizer, template, args.placement, args.chat)
+        objective = task_objective(task, data, tokenizer, template=_scored_template(tokenizer, placed))
         text = args.prompt_text or ""
         prompt = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
         what = f"prompt text {text!r}" if text else f"manual prompt {template!r}" if args.manual else "no prompt"
@@ -433,6 +495,43 @@ def _eval_corpus(args) -> dict:
                   ["no prompt", metrics["no_prompt_perplexity"], metrics["no_prompt_bits_per_token"],
                    metrics["tokens"]]])
     _print(args, payload, f"{text}\n{source.splits_line()}{_samples_text([payload])}")
+    return payload
+
+
+def _eval_pairs(args) -> dict:
+    """The success rate on the report pairs (the ones `train` and `discover` hold out with the same seed and
+    shares) of the adapter (where it puts its prompt) or of --prompt-text at --placement, and of no prompt."""
+    from ..peft_boundary.adapters import adapter_prompt
+    from ..placement import adapter_placement
+
+    if args.manual or args.ensemble:
+        raise ValueError("--manual and --ensemble are for tasks; with --pairs give --adapter or --prompt-text (or "
+                         "neither, for no prompt).")
+    source = _Source.from_args(args)
+    if args.adapter:
+        peft_model, tokenizer = _load_adapter(args)
+        config = peft_model.peft_config["default"]
+        placed = {"placement": config.placement, "template": config.template or source.template}
+        prompt, model, what = adapter_prompt(peft_model, "default").detach(), peft_model.get_base_model(), args.adapter
+    else:
+        model, tokenizer = _model(args, "CAUSAL_LM")
+        placed = adapter_placement(tokenizer, source.template, args.placement, args.chat)
+        text = args.prompt_text or ""
+        prompt = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        what = f"prompt text {text!r} at {placed['placement']}" if text else "no prompt"
+    objective = source.objective(tokenizer, template=_scored_template(tokenizer, placed))
+    rate = objective.success_rate(model, prompt, "eval")
+    rows = [[what, rate]]
+    payload = {"pairs": args.pairs, "evaluated": what, "success_rate": rate, "examples": len(source.pairs.report)}
+    if prompt.numel():  # the same messages with no prompt at all (a chat: its template's own default system turn)
+        from ..placement import placed_template
+
+        chat = placed["placement"] in ("system", "suffix")
+        plain = objective if not chat else source.objective(
+            tokenizer, template=placed_template(tokenizer, placed["template"], "prefix", chat=True))
+        payload["no_prompt_success_rate"] = plain.success_rate(model, prompt[:0], "eval")
+        rows.append(["no prompt", payload["no_prompt_success_rate"]])
+    _print(args, payload, table(["evaluated", "success rate"], rows) + f"\n{source.splits_line()}")
     return payload
 
 
@@ -492,20 +591,25 @@ def cmd_project(args) -> dict:
 
 def cmd_export(args) -> dict:
     from ..files import export_kobold, export_prompt_tuning
-    from ..reading import project_prompt
+    from ..reading import placed_text
 
     model, tokenizer = _load_adapter(args)
-    out = Path(args.out)
+    out, extra = Path(args.out), {}
     if args.to == "prompt-tuning":
         export_prompt_tuning(model, out)
     elif args.to == "kobold":
         export_kobold(model, out, name=args.name or out.stem, author=args.author, description=args.description)
-    else:  # the prompt as text: a hard prompt's tokens, or a soft prompt's nearest-token reading
-        reading = project_prompt(model, tokenizer)
-        write_text_atomically(out, reading.text or "")
-        if reading.mode == "soft":
+    else:  # the prompt as text where it goes: a hard prompt's tokens, or a soft prompt's nearest-token reading
+        placed = placed_text(model, tokenizer)
+        write_text_atomically(out, placed.text)
+        extra = {"placement": placed.placement, "round_trips": placed.round_trips}
+        if placed.mode == "soft":
             logger.warning("A soft prompt's text is only its nearest-token reading; it need not behave the same.")
-    payload = {"adapter": args.adapter, "format": args.to, "written": str(out)}
+        elif not placed.round_trips:
+            logger.warning("Pasted in its place, this text tokenizes differently from the prompt's ids at its edges: "
+                           "it is not exactly the prompt that was scored (word-start, round-trip-only tokens avoid "
+                           "this).")
+    payload = {"adapter": args.adapter, "format": args.to, "written": str(out), **extra}
     _print(args, payload, f"wrote {args.to} to {out}")
     return payload
 
@@ -557,6 +661,7 @@ def _add_train(commands) -> None:
     train.add_argument("--num-virtual-tokens", type=int, nargs="+", default=[10],
                        help="prompt length; several values train one prompt each and plot score vs length")
     # the task's instruction and TrainConfig's lr: the best on validation rows (benchmarks/settings.py)
+    _add_placement(train)
     _add_prompt_init(train, task_default="manual")
     add_config_options(train, TrainConfig, skip=("seed", "show_progress"), choices={"optimizer": OPTIMIZERS},
                        title="optimisation (TrainConfig)")
@@ -628,10 +733,12 @@ def _add_eval(commands) -> None:
     evaluate = commands.add_parser("eval", help="score an adapter, a prompt text or the manual prompt on a task",
                                    description="Accuracy and macro-F1 on the task's evaluation split.")
     _add_model_and_task(evaluate, task_type=False)
+    _add_placement(evaluate)
     _add_corpus(evaluate)
     which = evaluate.add_mutually_exclusive_group()
     which.add_argument("--adapter", help="a saved SOFTHARD (or exported PROMPT_TUNING) adapter folder")
-    which.add_argument("--prompt-text", help="a hard prompt given as text, put before the task's template")
+    which.add_argument("--prompt-text", help="a hard prompt given as text, put at --placement (default: in front "
+                                             "of the task's template)")
     which.add_argument("--manual", action="store_true", help="the task's hand-written zero-shot prompt")
     which.add_argument("--prompt-file", help="a whole prompt `softhard discover` wrote (prompt.json: its template, "
                                              "tokens and label words)")
@@ -734,8 +841,21 @@ def _add_model_and_task(parser: argparse.ArgumentParser, task_type: bool = True)
     _add_device(group)
 
 
+def _add_placement(parser: argparse.ArgumentParser) -> None:
+    from ..method.config import PLACEMENTS, SoftHardConfig
+
+    group = parser.add_argument_group("where the prompt goes (docs/placement.md)")
+    group.add_argument("--placement", choices=PLACEMENTS,
+                       help=SoftHardConfig.__dataclass_fields__["placement"].metadata["help"].split(". ")[0] +
+                       "; default: slot if --template marks {prompt}, else prefix")
+    group.add_argument("--chat", action="store_true",
+                       help="put the task's template in the model's chat template as the user message, the answer "
+                            "where the assistant's turn begins (system and suffix always do)")
+
+
 def _add_corpus(parser: argparse.ArgumentParser, outputs: bool = False) -> None:
-    group = parser.add_argument_group("corpus: a style or domain prompt, trained on text instead of a task")
+    group = parser.add_argument_group("corpus or pairs: a style or domain prompt trained on text, or a prompt trained "
+                                      "on messages and their targets, instead of a task")
     group.add_argument("--corpus", metavar="FILE",
                        help="plain text (documents separated by blank lines), .jsonl with a text field, or "
                             "hub:NAME[:CONFIG][@SPLIT]; the loss is the text's own (language modelling)")
@@ -749,6 +869,10 @@ def _add_corpus(parser: argparse.ArgumentParser, outputs: bool = False) -> None:
                             "eval --corpus scores the same documents")
     group.add_argument("--sample", type=int, default=0, metavar="N",
                        help="print N generations from fixed opening lines, with and without the prompt")
+    group.add_argument("--pairs", metavar="FILE",
+                       help="(message, target) pairs instead of a task: a .jsonl file of {\"message\", \"target\"} "
+                            "objects; one prompt (e.g. --placement system) that makes the model answer each message "
+                            "with its target. The shares below hold out validation and report pairs")
     if outputs:
         group.add_argument("--kobold", metavar="ZIP", help="also write the best prompt as a KoboldAI soft-prompt zip")
 
@@ -803,7 +927,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if getattr(args, "preset", None):  # parse again with the preset's defaults under the explicit options
         args = build_parser(args.preset).parse_args(argv)
     if getattr(args, "init", "") is None:  # where a prompt starts by default depends on what it is trained for
-        args.init = "vocab" if args.corpus else args.task_init  # a corpus has no instruction, no label words
+        args.init = "vocab" if args.corpus or args.pairs else args.task_init  # no instruction, no label words
     return args
 
 

@@ -49,6 +49,30 @@ def read_corpus(source: str, text_field: str = "text") -> list[str]:
     return documents
 
 
+def read_pairs(source: str) -> list[tuple[str, str]]:
+    """(message, target) pairs from a .jsonl file: one JSON object with "message" and "target" strings per line."""
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"No pairs file at {path}: give a .jsonl file of "
+                                '{"message": ..., "target": ...} lines.')
+    pairs = []
+    for number, line in enumerate(_read_text(path, "message").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg}).") from error
+        if not isinstance(row, dict) or not all(isinstance(row.get(key), str) and row[key] for key in
+                                                ("message", "target")):
+            raise ValueError(f"{path}, line {number}: each line must be a JSON object with non-empty \"message\" "
+                             "and \"target\" strings.")
+        pairs.append((row["message"], row["target"]))
+    if not pairs:
+        raise ValueError(f"The pairs file {path} is empty.")
+    return pairs
+
+
 def split_documents(text: str) -> list[str]:
     """Plain text's documents: the runs of text between blank lines (a line of only spaces counts as blank)."""
     return [block.strip() for block in re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")) if block.strip()]
@@ -96,7 +120,8 @@ def _read_hub(name: str, text_field: str) -> list[str]:
 
 @dataclass
 class CorpusSplits:
-    """A corpus' documents: `train` to train on, `validation` to choose the step, `report` to report once."""
+    """A corpus' documents (or (message, target) pairs): `train` to train on, `validation` to choose the step,
+    `report` to report once."""
 
     train: list[str]
     validation: list[str]

@@ -163,7 +163,7 @@ def discover_hard(model: Any, tokenizer: Any, objective: Any, output: Path, sear
     (`objective`); the whole prompt is saved as `output`/prompt.json (`softhard eval --prompt-file` scores it)."""
     result = run(model, objective, search, tokenizer=tokenizer, checkpoint_dir=str(output / "checkpoint"))
     write_text_atomically(output / "prompt.json", result.whole_prompt.to_json(tokenizer, validation=result.best_score))
-    if result.is_prefix and result.token_ids:  # tokens in front of the manual template: also a SOFTHARD adapter
+    if result.token_ids:  # also a SOFTHARD adapter: the tokens at their place in the template
         save_adapter_atomically(result.to_peft_model(model), output / "adapter")
     return result
 

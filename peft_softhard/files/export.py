@@ -1,5 +1,6 @@
 """Export a SOFTHARD adapter as a plain peft PROMPT_TUNING adapter that stock peft loads with no plugin; read
-the prompt vectors of a saved adapter folder (ours or stock PROMPT_TUNING) without building a model."""
+the prompt vectors of a saved adapter folder (ours or stock PROMPT_TUNING) without building a model. (As text
+in its place: `reading.placed_text`.)"""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def export_prompt_tuning(peft_model: Any, save_directory: str, adapter_name: str
         ```
     """
     adapter_name, config, _ = softhard_adapter(peft_model, adapter_name)
+    config.require_prefix("Stock peft PROMPT_TUNING")
     plain = PromptTuningConfig(
         task_type=config.task_type,
         num_virtual_tokens=config.num_virtual_tokens,

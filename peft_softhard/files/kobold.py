@@ -29,6 +29,7 @@ def export_kobold(peft_model: Any, path: str | Path, adapter_name: str | None = 
                   author: str = "", description: str = "", supported: list[str] | None = None) -> Path:
     """Write the adapter's prompt (what the model sees, float32) as a KoboldAI soft-prompt zip."""
     _, config, encoder = softhard_adapter(peft_model, adapter_name, task_type="CAUSAL_LM")  # KoboldAI: causal LMs
+    config.require_prefix("A KoboldAI soft prompt")
     vectors = encoder.prompt_embeddings().detach().float().cpu().numpy()
     buffer = io.BytesIO()
     np.save(buffer, vectors, allow_pickle=False)

@@ -11,11 +11,15 @@ PEFT_TYPE_NAME = "SOFTHARD"  # the member this package adds to peft's PeftType
 MODES = ("soft", "hard")
 INITS = ("random", "vocab", "text", "token_ids")
 METRICS = ("cosine", "dot", "l2")
+# Where the prompt goes in an input (docs/placement.md): in front of it (peft's layout), at the `{prompt}` slot of
+# `template`, as the chat template's system turn, or at the end of the last user turn.
+PLACEMENTS = ("prefix", "slot", "system", "suffix")
 
 
 @dataclass
 class SoftHardConfig(PromptLearningConfig):
-    """Configuration of a SOFTHARD adapter: a prompt of `num_virtual_tokens` vectors prepended to the input.
+    """Configuration of a SOFTHARD adapter: a prompt of `num_virtual_tokens` vectors at its `placement` in the
+    input (in front of it by default).
 
     In `mode="soft"` the prompt is a free matrix (Lester et al. 2021). In `mode="hard"` a continuous copy is
     trained and every forward feeds the embeddings of its nearest allowed tokens (PEZ, Wen et al. 2023), so
@@ -27,6 +31,8 @@ class SoftHardConfig(PromptLearningConfig):
         >>> from peft import get_peft_model
         >>> config = peft_softhard.SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=10, mode="hard")
         >>> model = get_peft_model(base_model, config)  # doctest: +SKIP
+        >>> at_slot = peft_softhard.SoftHardConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, placement="slot",
+        ...                                        template="Review: {text}\n{prompt}Sentiment:")
         ```
     """
 
@@ -82,6 +88,20 @@ class SoftHardConfig(PromptLearningConfig):
         default=None,
         metadata={"help": "Vocabulary rows scored at once when projecting; default keeps each chunk near 64 MiB."},
     )
+    placement: str = field(
+        default="prefix",
+        metadata={
+            "help": "Where the prompt goes: 'prefix' (in front of the input), 'slot' (at {prompt} in `template`), "
+            "'system' (the chat template's system turn) or 'suffix' (the end of the last user turn). Other than "
+            "'prefix', inputs carry a slot mark: tokenize them with peft_softhard.tokenize_with_prompt."
+        },
+    )
+    template: str | None = field(
+        default=None,
+        metadata={"help": "The input around an example's text, with {text} once: 'Review: {text}\\nSentiment:'. "
+                          "With placement='slot' it marks the slot with {prompt} (and is required); with 'system' or "
+                          "'suffix' it is the user message."},
+    )
     vocab_size: int | None = field(
         default=None,
         metadata={"help": "Rows of the model's input embedding; filled in from the model and checked on loading."},
@@ -93,6 +113,8 @@ class SoftHardConfig(PromptLearningConfig):
         self.mode = _choice("mode", self.mode, MODES)
         self.init = _choice("init", self.init, INITS)
         self.metric = _choice("metric", self.metric, METRICS)
+        self.placement = _choice("placement", self.placement, PLACEMENTS)
+        self._check_template()
         _require_positive_int("num_virtual_tokens", self.num_virtual_tokens, "e.g. num_virtual_tokens=10")
         for name in ("token_dim", "vocab_size", "projection_chunk_size"):
             if getattr(self, name) is not None:
@@ -132,6 +154,31 @@ class SoftHardConfig(PromptLearningConfig):
                 raise ValueError(f"tokenizer_kwargs must be a dict, got {self.tokenizer_kwargs!r}.")
             # A shared adapter config must never be able to run code on the loading machine.
             self.tokenizer_kwargs = {k: v for k, v in self.tokenizer_kwargs.items() if k != "trust_remote_code"}
+
+    def _check_template(self) -> None:
+        example = "e.g. template='Review: {text}\\n{prompt}Sentiment:'"
+        if self.template is None:
+            if self.placement == "slot":
+                raise ValueError(f"placement='slot' needs a template with {{text}} and {{prompt}} once each, "
+                                 f"{example}.")
+            return
+        if not isinstance(self.template, str) or self.template.count("{text}") != 1:
+            raise ValueError(f"The template must contain {{text}} once (where an example goes), got {self.template!r}.")
+        slots = self.template.count("{prompt}")
+        if self.placement == "slot" and slots != 1:
+            raise ValueError(f"placement='slot' needs a template with {{text}} and {{prompt}} once each, {example}; "
+                             f"got {self.template!r}.")
+        if self.placement != "slot" and slots:
+            raise ValueError(f"The template marks a {{prompt}} slot but placement is {self.placement!r}: set "
+                             "placement='slot', or take {prompt} out of the template.")
+
+    def require_prefix(self, what: str) -> None:
+        """Raise a clear error unless the prompt goes in front of the input: `what` (a file format, an engine)
+        can only put it there."""
+        if self.placement != "prefix":
+            raise ValueError(f"{what} puts a prompt in front of the input, and this adapter's goes at "
+                             f"placement={self.placement!r}; it would not mean the same there. Export it as text "
+                             "(`softhard export --to text`, the template with the prompt in place) instead.")
 
     @property
     def is_hard(self) -> bool:

@@ -20,8 +20,8 @@ from .classification import ClassificationObjective, SequenceClassificationObjec
 from .corpus import CorpusObjective
 from .distillation import DistillationObjective
 from .interface import ClassifierObjective, Objective
-from .target_text import TargetTextObjective
+from .target_text import PairsObjective, TargetTextObjective
 from .templates import WholePrompt
 
 __all__ = ["ClassificationObjective", "ClassifierObjective", "CorpusObjective", "DistillationObjective", "Objective",
-           "SequenceClassificationObjective", "TargetTextObjective", "WholePrompt"]
+           "PairsObjective", "SequenceClassificationObjective", "TargetTextObjective", "WholePrompt"]

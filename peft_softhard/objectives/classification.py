@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..method.projection import module_device
 from ..peft_boundary.adapters import adapter_prompt
-from ..prompt_layout import is_decoder, prepend_prompts
+from ..prompt_layout import insert_prompts, is_decoder
 from .interface import ClassifierObjective
 from .scoring import (
     DEFAULT_EVAL_ROWS,
@@ -282,8 +282,8 @@ class SequenceClassificationObjective(ClassifierObjective):
         device = module_device(model)
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
         row_embeds = embed_ids(model, batch["input_ids"])
-        prompted = prepend_prompts(as_prompt_embeds(model, prompt_embeds), row_embeds,
-                                   batch["attention_mask"].to(device), padding_left=is_decoder(model))
+        prompted = insert_prompts(as_prompt_embeds(model, prompt_embeds), row_embeds,  # a head's input: in front
+                                  batch["attention_mask"].to(device), padding_left=is_decoder(model))
         return model(inputs_embeds=prompted.inputs_embeds, attention_mask=prompted.attention_mask).logits
 
     def loss(self, model, prompt_embeds, indices):

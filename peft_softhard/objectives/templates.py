@@ -30,7 +30,10 @@ PROMPT = "{prompt}"
 # the start of the template's last line ("before_answer_cue": `...\n{prompt} Sentiment:`, a space after the
 # tokens so that the cue stays a word of its own), or at the very end, right before the answer ("end":
 # `...Sentiment:{prompt}`, RLPrompt's `{x} VERY Absolutely [MASK]`).
-PLACEMENTS = ("prefix", "after_text", "before_answer_cue", "end")
+PLACEMENTS = ("prefix", "after_text", "before_answer_cue", "end", "system", "suffix")
+# ...and in a chat: the system turn, or the end of the user message (the template rendered through the
+# tokenizer's chat template first: `placement.placed_template`).
+CHAT_PLACEMENTS = ("system", "suffix")
 
 
 def check_template(template: str) -> None:
@@ -49,6 +52,9 @@ def place_slot(template: str, placement: str) -> str:
         return template
     if placement not in PLACEMENTS:
         raise ValueError(f"Unknown placement {placement!r}: choose one of {', '.join(PLACEMENTS)}.")
+    if placement in CHAT_PLACEMENTS:
+        raise ValueError(f"placement={placement!r} puts the prompt in a chat template's {placement} turn: render the "
+                         "template with peft_softhard.placed_template(tokenizer, template, placement) first.")
     if placement == "prefix":
         return PROMPT + template
     if placement == "end":
@@ -81,13 +87,14 @@ def encode_example(tokenizer: Any, template: str, text: str) -> tuple[list[int],
     """(token ids, prompt offset) of one example: the template's segments around `{prompt}`, each tokenized on its
     own, the prompt going after the first `offset` ids (0 without a slot: in front)."""
     if PROMPT not in template:
-        return _ids(tokenizer, template.replace(TEXT, text)), 0
+        return text_ids(tokenizer, template.replace(TEXT, text)), 0
     before, after = (part.replace(TEXT, text) for part in template.split(PROMPT))
-    before_ids = _ids(tokenizer, before) if before else []
-    return before_ids + (_ids(tokenizer, after) if after else []), len(before_ids)
+    before_ids = text_ids(tokenizer, before) if before else []
+    return before_ids + (text_ids(tokenizer, after) if after else []), len(before_ids)
 
 
-def _ids(tokenizer: Any, text: str) -> list[int]:
+def text_ids(tokenizer: Any, text: str) -> list[int]:
+    """The ids of `text` alone, without the special tokens a tokenizer adds around a whole input."""
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -127,9 +134,9 @@ class WholePrompt:
         template = self.template if PROMPT in self.template else PROMPT + self.template
         for text in texts:
             before, after = (part.replace(TEXT, text) for part in template.split(PROMPT))
-            scored = (_ids(tokenizer, before) if before else []) + self.token_ids + (_ids(tokenizer, after) if after
-                                                                                      else [])
-            if _ids(tokenizer, self.filled(tokenizer).replace(TEXT, text)) != scored:
+            scored = (text_ids(tokenizer, before) if before else []) + self.token_ids + (
+                text_ids(tokenizer, after) if after else [])
+            if text_ids(tokenizer, self.filled(tokenizer).replace(TEXT, text)) != scored:
                 return False
         return True
 

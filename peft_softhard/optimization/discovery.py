@@ -213,21 +213,21 @@ class DiscoveryResult:
             return None
         return WholePrompt(self.template, self.label_words or [], self.token_ids)
 
-    @property
-    def is_prefix(self) -> bool:
-        """Whether the prompt is only tokens in front of the user's template and label words (what a SOFTHARD
-        adapter holds)."""
-        changed = any(stage.kept for stage in self.stages if stage.stage != "tokens")
-        return not self.template or (self.template.startswith("{prompt}") and not changed)
-
     def to_peft_model(self, base_model: nn.Module, adapter_name: str = "default"):
-        """A SOFTHARD hard-mode adapter on `base_model` whose prompt is exactly these tokens, in front."""
+        """A SOFTHARD hard-mode adapter on `base_model` whose prompt is exactly these tokens, where they were found:
+        in front of the template, or at its slot (the adapter keeps the template; not the label words, which
+        prompt.json holds)."""
         from peft import get_peft_model
 
         if not self.token_ids:
             raise ValueError("The search found no tokens to put in an adapter (the user's prompt won).")
+        placed = {}
+        if self.template is not None:
+            in_front = self.template.startswith(PROMPT)
+            placed = {"placement": "prefix" if in_front else "slot",
+                      "template": self.template[len(PROMPT):] if in_front else self.template}
         config = dataclasses.replace(self.prompt_config, mode="hard", init="token_ids", init_token_ids=self.token_ids,
-                                     num_virtual_tokens=len(self.token_ids))
+                                     num_virtual_tokens=len(self.token_ids), **placed)
         model = get_peft_model(base_model, config, adapter_name=adapter_name)
         model.prompt_encoder[adapter_name].set_token_ids(torch.tensor(self.token_ids))
         return model
@@ -458,6 +458,11 @@ class _Pipeline:
         return torch.tensor(fields["token_ids"], dtype=torch.long)
 
     # ------------------------------------------------------------------------------------------------ result
+    def slot_template(self) -> str | None:
+        """The template of an objective without label words whose tokens go at its own slot (pairs), else None."""
+        template = getattr(self.objective, "template", None)
+        return template if isinstance(template, str) and PROMPT in template else None
+
     def result(self, best: Any, score: float, start_score: float, records: list[StageRecord]) -> DiscoveryResult:
         ids = best.token_ids if isinstance(best, WholePrompt) else best.tolist()
         text, round_trips, notes = read_back(self.tokenizer, ids, self.prompt)
@@ -476,7 +481,7 @@ class _Pipeline:
             seconds=self.seconds, score_seconds=self.score_seconds, method=self.method,
             perplexity=perplexity(self.model, torch.tensor(ids, dtype=torch.long, device=module_device(self.model))),
             round_trips=round_trips, notes=self.notes + notes, prompt_config=self.prompt,
-            template=best.template if isinstance(best, WholePrompt) else None,
+            template=best.template if isinstance(best, WholePrompt) else self.slot_template(),
             label_words=list(best.label_words) if isinstance(best, WholePrompt) else None, stages=records,
             start_score=start_score,
         )

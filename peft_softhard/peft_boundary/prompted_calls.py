@@ -2,7 +2,8 @@
 
 peft's prompt-learning forward puts left padding between prompt and input, and its
 `prepare_inputs_for_generation` diverges after the first new token with transformers 5.24; neither is used
-for SOFTHARD. Instead each row's prompt goes right before its real tokens (`prompt_layout`), positions are
+for SOFTHARD. Instead each row's prompt goes where the row marks its slot (`prompt_layout.PROMPT_SLOT_ID`,
+written by `placement.tokenize_with_prompt`; an unmarked row's right before its real tokens), positions are
 counted per row, and the base model's own `generate` runs from the embeddings.
 
 peft's `adapter_names=` argument mixes LoRA-style adapters in a batch, but prompt-learning models drop it and
@@ -30,7 +31,15 @@ from typing import Any
 import torch
 
 from ..method.config import is_softhard
-from ..prompt_layout import PromptedBatch, accepts_argument, is_decoder, length_groups, prepend_prompts
+from ..prompt_layout import (
+    PROMPT_SLOT_ID,
+    PromptedBatch,
+    accepts_argument,
+    insert_prompts,
+    is_decoder,
+    length_groups,
+    slot_offsets,
+)
 from .adapters import adapter_prompt, check_adapter_names, per_row_heads, row_prompts
 
 logger = logging.getLogger(__name__)
@@ -64,18 +73,23 @@ def forward_with_prompts(
     adapter_names: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> Any:
-    """`peft_model(...)` with each row's prompt right before its real tokens: its adapter's from `adapter_names`,
-    else the active adapter's. Token outputs come back in the user layout (see the module docstring)."""
+    """`peft_model(...)` with each row's prompt at its slot (unmarked rows: right before their real tokens): its
+    adapter's from `adapter_names`, else the active adapter's. Token outputs come back in the user layout (see
+    the module docstring); a slot mark's column is padding there, and its label is ignored."""
     base = peft_model.base_model
-    inputs_embeds, names = _embedded_rows(peft_model, input_ids, inputs_embeds, adapter_names)
     encoder_decoder = bool(getattr(base.config, "is_encoder_decoder", False))
+    if labels is not None and input_ids is not None and labels.shape == input_ids.shape and not encoder_decoder:
+        labels = labels.masked_fill(input_ids == PROMPT_SLOT_ID, -100)  # e.g. labels copied from the input ids
+    offsets, input_ids, attention_mask, inputs_embeds, names = _slotted_rows(
+        peft_model, input_ids, attention_mask, inputs_embeds, adapter_names)
     _drop_positions(kwargs)
     return_dict = kwargs.pop("return_dict", None)
     decoder = is_decoder(base)
     prompts = _prompts_of(peft_model, names)
     groups = _length_groups_if_worth_it(prompts, inputs_embeds, attention_mask, labels, kwargs, encoder_decoder)
     if groups is not None:
-        output = _grouped_forward(peft_model, groups, names, prompts, inputs_embeds, attention_mask, decoder, kwargs)
+        output = _grouped_forward(peft_model, groups, names, prompts, inputs_embeds, attention_mask, offsets, decoder,
+                                  kwargs)
     else:
         # A decoder's causal-LM logits need no reordering if the caller's padding stays in place (masked;
         # `position_ids()` count only real tokens). Everything else gets rows without inner padding, so a row's
@@ -83,7 +97,7 @@ def forward_with_prompts(
         # is alone.
         token_outputs = peft_model.active_peft_config.task_type == "CAUSAL_LM"
         compact = not (token_outputs and decoder and accepts_argument(base, "position_ids"))
-        batch = prepend_prompts(prompts, inputs_embeds, attention_mask, decoder, compact)
+        batch = insert_prompts(prompts, inputs_embeds, attention_mask, offsets, decoder, compact)
         output = _run_base(peft_model, batch, names, labels, kwargs, encoder_decoder)
         if not encoder_decoder:
             _to_user_layout(output, batch)
@@ -99,16 +113,19 @@ def generate_with_prompts(
     adapter_names: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> Any:
-    """`peft_model.generate(...)` with each row's prompt right before its real tokens. Rows are laid out as the
-    base model would take them with the prompt's ids literally in place (decoders: padding on the left, so every
-    row continues from the last column), and the base model's own `generate` runs from those embeddings: its
-    positions, masks, cache and sampling apply unchanged. A decoder returns each row's input ids as given
-    followed by its new tokens (as peft does); an encoder-decoder returns the decoder's sequences."""
+    """`peft_model.generate(...)` with each row's prompt at its slot (unmarked rows: right before their real
+    tokens). Rows are laid out as the base model would take them with the prompt's ids literally in place
+    (decoders: padding on the left, so every row continues from the last column), and the base model's own
+    `generate` runs from those embeddings: its positions, masks, cache and sampling apply unchanged. A decoder
+    returns each row's input ids as given (slot mark included; tokenizers decode it to nothing) followed by its
+    new tokens (as peft does); an encoder-decoder returns the decoder's sequences."""
     base = peft_model.base_model
-    inputs_embeds, names = _embedded_rows(peft_model, input_ids, inputs_embeds, adapter_names)
+    given_ids = input_ids
+    offsets, input_ids, attention_mask, inputs_embeds, names = _slotted_rows(
+        peft_model, input_ids, attention_mask, inputs_embeds, adapter_names)
     _drop_positions(kwargs)
     decoder = is_decoder(base)
-    batch = prepend_prompts(_prompts_of(peft_model, names), inputs_embeds, attention_mask, decoder, compact=True)
+    batch = insert_prompts(_prompts_of(peft_model, names), inputs_embeds, attention_mask, offsets, decoder)
     encoder_decoder = bool(getattr(base.config, "is_encoder_decoder", False))
     if not encoder_decoder and input_ids is not None:
         _lengths_count_the_input_ids(kwargs, input_ids.shape[1])
@@ -118,21 +135,36 @@ def generate_with_prompts(
         return output
     # transformers returns only the new tokens when generation starts from embeddings
     if isinstance(output, torch.Tensor):
-        return torch.cat([input_ids.to(output.device), output], 1)
-    output["sequences"] = torch.cat([input_ids.to(output.sequences.device), output.sequences], 1)
+        return torch.cat([given_ids.to(output.device), output], 1)
+    output["sequences"] = torch.cat([given_ids.to(output.sequences.device), output.sequences], 1)
     return output
 
 
-def _embedded_rows(peft_model: Any, input_ids, inputs_embeds, adapter_names) -> tuple[torch.Tensor, list[str]]:
-    """The inputs as embeddings [B, L, d], and each row's adapter name."""
-    if inputs_embeds is None:
-        if input_ids is None:
-            raise ValueError("Give input_ids or inputs_embeds.")
-        inputs_embeds = peft_model.word_embeddings(input_ids)
+def _slotted_rows(peft_model: Any, input_ids, attention_mask, inputs_embeds, adapter_names):
+    """(prompt offsets [B] or None, input ids and attention mask with the slot marks made padding, the inputs as
+    embeddings [B, L, d], each row's adapter name). A row whose adapter places its prompt other than in front
+    must mark its slot."""
+    if input_ids is None and inputs_embeds is None:
+        raise ValueError("Give input_ids or inputs_embeds.")
+    rows = (input_ids if input_ids is not None else inputs_embeds).shape[0]
     if adapter_names is None:
-        return inputs_embeds, [peft_model.active_adapter] * inputs_embeds.shape[0]
-    check_adapter_names(peft_model, adapter_names, inputs_embeds.shape[0])
-    return inputs_embeds, list(adapter_names)
+        names = [peft_model.active_adapter] * rows
+    else:
+        check_adapter_names(peft_model, adapter_names, rows)
+        names = list(adapter_names)
+    marked = (input_ids == PROMPT_SLOT_ID).any(1).tolist() if input_ids is not None else [False] * rows
+    for row, (name, has_mark) in enumerate(zip(names, marked, strict=True)):
+        placement = getattr(peft_model.peft_config.get(name), "placement", "prefix")
+        if placement != "prefix" and not has_mark:
+            raise ValueError(
+                f"Adapter {name!r} puts its prompt at placement={placement!r}, but row {row} marks no slot for it. "
+                "Tokenize inputs with peft_softhard.tokenize_with_prompt(tokenizer, config, ...), which marks the "
+                "slot in input_ids (inputs_embeds cannot carry a mark)."
+            )
+    offsets, input_ids, attention_mask = slot_offsets(input_ids, attention_mask)
+    if inputs_embeds is None:
+        inputs_embeds = peft_model.word_embeddings(input_ids)
+    return offsets, input_ids, attention_mask, inputs_embeds, names
 
 
 def _drop_positions(kwargs: dict) -> None:
@@ -213,7 +245,8 @@ def _length_groups_if_worth_it(prompts, inputs_embeds, attention_mask, labels, k
     return groups if len(groups) > 1 else None
 
 
-def _grouped_forward(peft_model, groups, names, prompts, inputs_embeds, attention_mask, decoder: bool, kwargs: dict):
+def _grouped_forward(peft_model, groups, names, prompts, inputs_embeds, attention_mask, offsets, decoder: bool,
+                     kwargs: dict):
     """One forward per group of rows (each without inner padding), assembled into the output one forward gives:
     token outputs in the user layout, other outputs row by row. No cache is returned."""
     if attention_mask is None:
@@ -222,7 +255,8 @@ def _grouped_forward(peft_model, groups, names, prompts, inputs_embeds, attentio
     kwargs = {**kwargs, "use_cache": False}
     parts = []
     for rows in groups:
-        batch = prepend_prompts([prompts[i] for i in rows], inputs_embeds[rows], attention_mask[rows], decoder)
+        batch = insert_prompts([prompts[i] for i in rows], inputs_embeds[rows], attention_mask[rows],
+                               None if offsets is None else offsets[rows], decoder)
         parts.append((rows, batch, _run_base(peft_model, batch, [names[i] for i in rows], None, kwargs, False)))
     merged = {}
     for key, value in parts[0][2].items():
