@@ -34,6 +34,7 @@ RUNS = {
     "pez_reference": ("pez_reference", ["--tiny", "--steps", "4", "--work-dir", "{tmp}/pez-work"]),
     "new_task": ("new_task", ["--tiny", "--work-dir", "{tmp}/new-task-work"]),
     "style": ("style", ["--tiny", "--work-dir", "{tmp}/style-work"]),
+    "chat_format": ("chat_format", ["--tiny", "--work-dir", "{tmp}/chat-work"]),
     "demo_settings": ("demo_settings", ["--tiny", "--task", "sst2", "--only", "default", "--work-dir",
                                         "{tmp}/demo-settings-work"]),
 }
@@ -74,9 +75,11 @@ def test_exactness_benchmark_runs_and_reports_zero_difference_on_tiny_models(ben
     rows = results_of(benchmark_results, "exactness")["rows"]
     assert len(rows) == 8 and all(row["max_abs_difference"] <= 1e-6 for row in rows)
     float32 = [row for row in rows if "bfloat16" not in row["model"]]
-    assert all(row[f"{side}_padded_max_abs_difference"] <= 1e-5 for row in float32 for side in ("left", "right"))
+    assert all(row[f"{at}{side}_padded_max_abs_difference"] <= 1e-5 for row in float32 for side in ("left", "right")
+               for at in ("", "slot_"))  # the prompt in front, and at a slot inside each row
     generating = [row for row in rows if row["task_type"] in ("CAUSAL_LM", "SEQ_2_SEQ_LM")]
-    assert len(generating) == 5 and all(row["generation_same_tokens"] for row in generating)
+    assert len(generating) == 5 and all(row[f"{at}generation_same_tokens"] for row in generating
+                                        for at in ("", "slot_"))
 
 
 @pytest.mark.benchmark_runs("planted")
@@ -119,6 +122,10 @@ def test_cost_benchmark_tiny_run(benchmark_results):
         assert all(abs(results[ratios][k] - v / steps["floor"]) < 2e-3 for k, v in steps.items())
     assert len(results["length_batch_sweep"]) == 4 and set(results["peak_rss_mib"]) == set(results["step_seconds"])
     assert set(results["output_head_step_seconds"]) == {"read positions only", "every position"}
+    placed = results["placement_step_seconds"]
+    assert set(placed) == {"soft, prefix", "soft, slot", "hard, prefix", "hard, slot"}
+    assert all(abs(results["slot_over_prefix"][mode] - placed[f"{mode}, slot"] / placed[f"{mode}, prefix"]) < 2e-3
+               for mode in ("soft", "hard"))
 
 
 def test_random_weights_need_only_the_config_and_the_tokenizer(tmp_path, monkeypatch):
@@ -159,7 +166,9 @@ def test_quality_benchmark_tiny_run(benchmark_results):
     methods = {(row["task"], row["method"]) for row in results["summary"]}
     assert methods == {(task, m) for task in ("sst2", "ag_news")
                        for m in ("template", "manual", "soft", "discover", "gcg", "pez_reference", "lora", "whole",
-                                 "labels", "grow", "edits")} | {("sst2", "refine"), ("sst2", "distill")}
+                                 "labels", "grow", "edits", *(f"{kind}@{at}" for kind in ("soft", "discover", "gcg")
+                                                              for at in ("before_answer_cue", "end")))
+                       } | {("sst2", "refine"), ("sst2", "distill")}
     assert all(is_accuracy_on(r["eval"], r["eval_rows"]) for r in records.values())
     assert {Path(p).name for p in results["images"]} == {
         "quality_sst2_examples_tiny.png", "quality_sst2_search_tiny.png", "quality_ag_news_examples_tiny.png"}
@@ -286,3 +295,13 @@ def test_style_benchmark_tiny_run(benchmark_results):
         "validation_perplexity"]  # the 8-chunk run continues the 4-chunk one: the best of more steps
     assert set(results["helps_own_corpus_more"]) == {k for k, r in records.items() if r["method"] != "none"}
     assert set(results["samples"]) == {"no prompt", "reviews soft10", "reviews hard", "news soft10", "news hard"}
+
+
+@pytest.mark.benchmark_runs("chat_format")
+def test_chat_format_benchmark_tiny_run(benchmark_results):
+    results = results_of(benchmark_results, "chat_format")
+    records = results["records"]
+    assert list(records) == ["none", "hand-written", "soft", "hard"]
+    assert all(is_accuracy_on(r["eval_success_rate"], r["eval_pairs"]) and r["eval_pairs"] == 4
+               for r in records.values())
+    assert records["soft"]["steps"] == records["hard"]["steps"] == 2
