@@ -509,3 +509,19 @@ def test_one_prompt_length_is_laid_out_as_the_row_by_row_loop_does(lengths_offse
         assert torch.equal(fast.user_columns[b][real], loop.user_columns[b][loop_real])
         if real.any() and compact:  # rows end in the last column (decoders), or start in the first
             assert bool(real[-1] if padding_left else real[0])
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@torch.no_grad()
+def test_a_soft_prompt_at_the_slot_is_its_vectors_there(side):
+    """Soft mode: each row equals the base model fed the row's embeddings with the prompt's vectors between them."""
+    model, reference = slot_model("llama", num_virtual_tokens=3, mode="soft")
+    vectors = model.prompt_encoder["default"].prompt_embeddings()
+    embed = reference.get_input_embeddings()
+    rows = random_rows(LENGTHS, seed=5)
+    batch = padded_batch([marked(r, o) for r, o in zip(rows, OFFSETS, strict=True)], side)
+    out = model(**batch).logits
+    for i, (row, offset) in enumerate(zip(rows, OFFSETS, strict=True)):
+        inputs = torch.cat([embed(row[:offset]), vectors, embed(row[offset:])])[None]
+        alone = reference(inputs_embeds=inputs).logits[0]
+        assert_row_matches("CAUSAL_LM", out[i], batch["attention_mask"][i], batch["input_ids"][i], alone, 3, offset)
