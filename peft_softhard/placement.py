@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from transformers import BatchEncoding
 
-from .objectives.templates import PROMPT, TEXT, check_template, encode_example, text_ids
+from .method.config import PLACEMENTS
+from .objectives.templates import CHAT_PLACEMENTS, PROMPT, TEXT, check_template, encode_example, text_ids
 from .prompt_layout import PROMPT_SLOT_ID
 
 Messages = list[dict[str, str]]
@@ -55,9 +56,9 @@ def placed_template(tokenizer: Any, template: str = "{text}", placement: str = "
     if (placement == "slot") != (PROMPT in template):
         raise ValueError(f"placement={placement!r} with template {template!r}: a template marks a {PROMPT} slot "
                          "exactly when the placement is 'slot'.")
-    if placement not in ("prefix", "slot", "system", "suffix"):
-        raise ValueError(f"Unknown placement {placement!r}: choose one of prefix, slot, system, suffix.")
-    chat = chat or placement in ("system", "suffix")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"Unknown placement {placement!r}: choose one of {', '.join(PLACEMENTS)}.")
+    chat = chat or placement in CHAT_PLACEMENTS
     if not chat:
         return template if placement == "slot" else PROMPT + template
     if not getattr(tokenizer, "chat_template", None):
@@ -77,7 +78,7 @@ def adapter_placement(tokenizer: Any, template: str = TEXT, placement: str | Non
     template with `chat` (for `system` and `suffix` the template stays the user message: the adapter renders it).
     `placed_template(tokenizer, **fields)` is then the text template its objective scores."""
     placement = placement or ("slot" if PROMPT in template else "prefix")
-    if placement in ("system", "suffix"):
+    if placement in CHAT_PLACEMENTS:
         placed_template(tokenizer, template, placement)  # checks the template and the chat template now
         return {"placement": placement, "template": template}
     if placement == "prefix" and PROMPT in template:
@@ -100,7 +101,7 @@ def prompt_segments(tokenizer: Any, config: Any, *, text: str | None = None, mes
         template = placed_template(tokenizer, getattr(config, "template", None) or TEXT, placement)
         ids, offset = encode_example(tokenizer, template, text)
         bos = getattr(tokenizer, "bos_token", None)
-        if placement in ("system", "suffix") or (bos and template.replace(PROMPT, "").startswith(bos)):
+        if placement in CHAT_PLACEMENTS or (bos and template.replace(PROMPT, "").startswith(bos)):
             return ids[:offset], ids[offset:]  # a rendered chat: its template wrote the special tokens it needs
         head, tail = _special_tokens_around(tokenizer)
         return head + ids[:offset], ids[offset:] + tail

@@ -153,30 +153,21 @@ def insert_prompts(
     device, dtype = inputs_embeds.device, inputs_embeds.dtype
     if attention_mask is None:
         attention_mask = torch.ones(batch, length, dtype=torch.long, device=device)
-    offsets = None if offsets is None else torch.as_tensor(offsets, dtype=torch.long).cpu()
-    in_front = offsets is None or not bool(offsets.any())
+    if offsets is None:  # in front: always fits (and checks nothing on the hot path)
+        offsets = torch.zeros(batch, dtype=torch.long)
+    else:
+        offsets, real_counts = torch.as_tensor(offsets, dtype=torch.long).cpu(), attention_mask.sum(1).cpu()
+        if offsets.shape != (batch,) or bool((offsets < 0).any()) or bool((offsets > real_counts).any()):
+            raise ValueError(f"Prompt offsets {offsets.tolist()} do not fit rows of {real_counts.tolist()} real "
+                             "tokens: give one offset per row, from 0 (in front) to the row's length (at its end).")
     if isinstance(prompts, torch.Tensor):
         prompts = prompts.expand(batch, -1, -1) if prompts.dim() == 2 else prompts
-        # One prompt length: without a loop over rows wherever the padding may stay where it is (it does not move
-        # when there is none, or when it is already on the side asked for).
-        right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
-        left_padded = bool((attention_mask[:, 1:] >= attention_mask[:, :-1]).all())
-        unpadded = bool(attention_mask.all())
-        if in_front and (not compact or (right_padded and not padding_left) or unpadded):
-            return _concatenate(prompts, inputs_embeds, attention_mask)
-        if not compact or (right_padded and not padding_left) or (left_padded and padding_left) or unpadded:
-            offsets = torch.zeros(batch, dtype=torch.long) if offsets is None else offsets
-            return _insert_at_columns(prompts, inputs_embeds, attention_mask, offsets, compact and padding_left,
-                                      compact)
+        laid_out = _one_prompt_length(prompts, inputs_embeds, attention_mask, offsets, padding_left, compact)
+        if laid_out is not None:
+            return laid_out
         prompts = list(prompts)
     if len(prompts) != batch:
         raise ValueError(f"Got {len(prompts)} prompts for a batch of {batch} rows; give one per row.")
-    if offsets is None:
-        offsets = torch.zeros(batch, dtype=torch.long)
-    real_counts = attention_mask.sum(1).cpu()
-    if offsets.shape != (batch,) or bool((offsets < 0).any()) or bool((offsets > real_counts).any()):
-        raise ValueError(f"Prompt offsets {offsets.tolist()} do not fit rows of {real_counts.tolist()} real tokens: "
-                         "give one offset per row, from 0 (in front) to the row's length (at its end).")
     width = max((p.shape[0] for p in prompts), default=0)
     contents, columns, masks = [], [], []
     for prompt, embeds, mask, offset in zip(prompts, inputs_embeds, attention_mask, offsets.tolist(), strict=True):
@@ -199,6 +190,20 @@ def insert_prompts(
         user_columns.append(torch.cat([piece[1] for piece in pieces]))
         row_masks.append(torch.cat([piece[2] for piece in pieces]))
     return PromptedBatch(torch.stack(rows), torch.stack(row_masks), torch.stack(user_columns), width, length)
+
+
+def _one_prompt_length(prompts: torch.Tensor, inputs_embeds: torch.Tensor, mask: torch.Tensor, offsets: torch.Tensor,
+                       padding_left: bool, compact: bool) -> PromptedBatch | None:
+    """The layout of one prompt length [B, n, d] without a loop over rows, wherever the padding may stay where it
+    is (it does not move when there is none, or when it is already on the side asked for); None elsewhere."""
+    right_padded = bool((mask[:, 1:] <= mask[:, :-1]).all())
+    left_padded = bool((mask[:, 1:] >= mask[:, :-1]).all())
+    unpadded = bool(mask.all())
+    if not bool(offsets.any()) and (not compact or (right_padded and not padding_left) or unpadded):
+        return _concatenate(prompts, inputs_embeds, mask)
+    if not compact or (right_padded and not padding_left) or (left_padded and padding_left) or unpadded:
+        return _insert_at_columns(prompts, inputs_embeds, mask, offsets, compact and padding_left, compact)
+    return None
 
 
 def _insert_at_columns(prompts: torch.Tensor, inputs_embeds: torch.Tensor, mask: torch.Tensor,

@@ -76,8 +76,9 @@ def _check_init(args) -> None:
     from .tasks import check_prompt_init
 
     if (args.corpus or args.pairs) and args.init in ("manual", "labels"):
-        raise ValueError(f"--init {args.init} starts from a task's instruction or label words, and a corpus or pairs "
-                         "have neither: use --init text --init-text 'Write a movie review:' (or vocab, random).")
+        what = "a corpus has" if args.corpus else "pairs have"
+        raise ValueError(f"--init {args.init} starts from a task's instruction or label words, and {what} neither: "
+                         "use --init text --init-text 'Write a movie review:' (or vocab, random).")
     if args.init == "soft" and not getattr(args, "init_adapter", None):
         raise ValueError("--init soft needs --init-adapter: the folder of a trained soft prompt (out/train/n10/best).")
     check_prompt_init(args.init, args.init_text)
@@ -524,9 +525,10 @@ def _eval_pairs(args) -> dict:
     rows = [[what, rate]]
     payload = {"pairs": args.pairs, "evaluated": what, "success_rate": rate, "examples": len(source.pairs.report)}
     if prompt.numel():  # the same messages with no prompt at all (a chat: its template's own default system turn)
+        from ..objectives.templates import CHAT_PLACEMENTS
         from ..placement import placed_template
 
-        chat = placed["placement"] in ("system", "suffix")
+        chat = placed["placement"] in CHAT_PLACEMENTS
         plain = objective if not chat else source.objective(
             tokenizer, template=placed_template(tokenizer, placed["template"], "prefix", chat=True))
         payload["no_prompt_success_rate"] = plain.success_rate(model, prompt[:0], "eval")
