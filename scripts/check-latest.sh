@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Does the project still work with the newest releases its ranges allow? Builds a throwaway virtual environment
 # with the newest versions inside pyproject.toml's ranges (not constraints.txt), prints the versions it got, and
-# runs the exactness, padded-batch/generation, mixed-batch, scoring, corpus-objective and slot (cached keys/values)
-# tests there. Run it before every stop.
+# runs the exactness, padded-batch/generation, mixed-batch, scoring, corpus-objective, slot (cached keys/values)
+# and placement (a prompt at a slot, in a chat's system turn; Trainer collators) tests there. Run it before every stop.
 #
 #   bash scripts/check-latest.sh                          # the newest releases inside the ranges
 #   PINS="transformers==5.0.0 peft==0.21.0" bash scripts/check-latest.sh   # or any versions inside them
@@ -36,4 +36,5 @@ EOF
 echo "== tests"
 (cd "$work" && "$py" -m pytest -q -p no:cacheprovider --rootdir "$OLDPWD" -c "$OLDPWD/pyproject.toml" \
     "$OLDPWD/tests/test_exactness.py" "$OLDPWD/tests/test_padded_batches.py" "$OLDPWD/tests/test_mixed_batch.py" \
-    "$OLDPWD/tests/test_objectives.py" "$OLDPWD/tests/test_corpus.py" "$OLDPWD/tests/test_slots.py")
+    "$OLDPWD/tests/test_objectives.py" "$OLDPWD/tests/test_corpus.py" "$OLDPWD/tests/test_slots.py" \
+    "$OLDPWD/tests/test_placement.py")
