@@ -19,7 +19,7 @@ import json
 import math
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,13 +56,7 @@ def read_pairs(source: str) -> list[tuple[str, str]]:
         raise FileNotFoundError(f"No pairs file at {path}: give a .jsonl file of "
                                 '{"message": ..., "target": ...} lines.')
     pairs = []
-    for number, line in enumerate(_read_text(path, "message").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg}).") from error
+    for number, row in _json_lines(path, _read_text(path, "message")):
         if not isinstance(row, dict) or not all(isinstance(row.get(key), str) and row[key] for key in
                                                 ("message", "target")):
             raise ValueError(f"{path}, line {number}: each line must be a JSON object with non-empty \"message\" "
@@ -91,15 +85,21 @@ def _read_text(path: Path, text_field: str) -> str:
     return text
 
 
-def _read_jsonl(path: Path, text: str, text_field: str) -> list[str]:
-    documents = []
+def _json_lines(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line of a .jsonl file's `text`; a line that is not JSON is
+    refused with its number."""
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            yield number, json.loads(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg}).") from error
+
+
+def _read_jsonl(path: Path, text: str, text_field: str) -> list[str]:
+    documents = []
+    for number, row in _json_lines(path, text):
         if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
             raise ValueError(f"{path}, line {number}: each line must be a JSON object with a text field "
                              f"{text_field!r} (set another with --text-field).")
