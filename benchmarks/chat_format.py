@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from reporting import write_results
-from subjects import RUN_STATE, SHARED, checkpoint_on_kill, load, parser, plan_name, strip_adapters
+from subjects import RUN_STATE, SHARED, checkpoint_on_kill, finished_records, load, parser, plan_name, strip_adapters
 
 RESULTS = Path(__file__).resolve().parent / "results" / "chat_format.json"
 QUESTION = "Is this movie review positive or negative?\n\n{text}"
@@ -137,8 +137,7 @@ def main() -> None:
     name = plan_name(args)
     plan, started = PLANS[name], time.time()
     work = Path(args.work_dir) / name
-    (work / "records").mkdir(parents=True, exist_ok=True)
-    records = {p.stem: json.loads(p.read_text()) for p in (work / "records").glob("*.json")}
+    records = finished_records(work)
     base, tokenizer = load(args.tiny)
     if args.tiny:
         tokenizer.chat_template = CHATML

@@ -57,6 +57,7 @@ from subjects import (
     RUN_STATE,
     SHARED,
     checkpoint_on_kill,
+    finished_records,
     load,
     parser,
     plan_name,
@@ -599,8 +600,7 @@ def main() -> None:
     name = plan_name(args)
     plan, started = PLANS[name], time.time()
     work = Path(args.work_dir) / name
-    (work / "records").mkdir(parents=True, exist_ok=True)
-    records = {p.stem: json.loads(p.read_text()) for p in sorted((work / "records").glob("*.json"))}
+    records = finished_records(work)
     stages = plan_stages(plan)
     if not args.report_only:
         base, tokenizer = load(args.tiny)

@@ -38,6 +38,7 @@ from subjects import (
     RUN_STATE,
     SHARED,
     checkpoint_on_kill,
+    finished_records,
     load,
     parser,
     plan_name,
@@ -226,8 +227,7 @@ def main() -> None:
     name = plan_name(args)
     plan, started = PLANS[name], time.time()
     work = Path(args.work_dir) / name
-    (work / "records").mkdir(parents=True, exist_ok=True)
-    records = {p.stem: json.loads(p.read_text()) for p in sorted((work / "records").glob("*.json"))}
+    records = finished_records(work)
     base, tokenizer = load(args.tiny)
     built = objectives(tokenizer, plan)
     for corpus, method, budget in stages(plan):

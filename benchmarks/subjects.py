@@ -9,6 +9,7 @@ time and memory do not depend on the weights' values). $PEFT_SOFTHARD_SHARED poi
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 from pathlib import Path
@@ -95,6 +96,13 @@ def checkpoint_on_kill() -> None:
 
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def finished_records(work: Path) -> dict[str, dict]:
+    """The stages a resumable benchmark has finished: the JSON records in `work`/records (made if absent), by
+    name, in name order."""
+    (work / "records").mkdir(parents=True, exist_ok=True)
+    return {path.stem: json.loads(path.read_text()) for path in sorted((work / "records").glob("*.json"))}
 
 
 def plan_name(args: argparse.Namespace) -> str:
